@@ -1,0 +1,167 @@
+//! The thread that runs an active virtio device.
+//!
+//! [`Worker::spawn`] moves a [`QueueHandler`] and the device's queues into a
+//! named thread that waits (epoll, no polling) on the queues' kick eventfds.
+//! [`Worker::stop`] ends the thread and hands back the kick eventfds and the
+//! handler. Dropping a worker stops it too.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{ActivateContext, Interrupt, InterruptKind};
+use crate::GuestMemory;
+
+/// The per-device logic a worker runs.
+pub trait QueueHandler: Send + 'static {
+    /// Handles the available buffers of queue `index`. Returns true when the
+    /// driver must be interrupted.
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool;
+}
+
+/// Pops every available chain of `queue`, hands it to `handle` (which returns
+/// the number of bytes it wrote into the chain) and adds it to the used ring,
+/// re-checking after re-enabling notifications so no kick is lost. Returns
+/// true when the driver should be interrupted. A broken ring (bad addresses
+/// written by the guest) stops processing and is logged.
+pub fn drain_queue<F>(queue: &mut Queue, mem: &GuestMemory, mut handle: F) -> bool
+where
+    F: FnMut(DescriptorChain<&GuestMemory>) -> u32,
+{
+    let mut used_any = false;
+    loop {
+        if let Err(e) = queue.disable_notification(mem) {
+            log::warn!("virtio queue: cannot disable notifications: {e}");
+            return false;
+        }
+        let chains: Vec<_> = match queue.iter(mem) {
+            Ok(iter) => iter.collect(),
+            Err(e) => {
+                log::warn!("virtio queue: broken available ring: {e}");
+                return false;
+            }
+        };
+        for chain in chains {
+            let head = chain.head_index();
+            let len = handle(chain);
+            if let Err(e) = queue.add_used(mem, head, len) {
+                log::warn!("virtio queue: cannot add used entry: {e}");
+                return used_any;
+            }
+            used_any = true;
+        }
+        match queue.enable_notification(mem) {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) => {
+                log::warn!("virtio queue: cannot enable notifications: {e}");
+                break;
+            }
+        }
+    }
+    used_any && queue.needs_notification(mem).unwrap_or(true)
+}
+
+/// A running device thread.
+pub struct Worker<H: QueueHandler> {
+    stop: EventFd,
+    thread: Option<JoinHandle<(H, Vec<EventFd>)>>,
+}
+
+const STOP_TOKEN: u64 = u64::MAX;
+
+impl<H: QueueHandler> Worker<H> {
+    /// Starts `handler` on a thread called `name`.
+    pub fn spawn(name: &str, mut handler: H, ctx: ActivateContext) -> io::Result<Self> {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let stop_thread = stop.try_clone()?;
+        let epoll = Epoll::new()?;
+        for (i, q) in ctx.queues.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                q.kick.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, i as u64),
+            )?;
+        }
+        epoll.ctl(
+            ControlOperation::Add,
+            stop_thread.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, STOP_TOKEN),
+        )?;
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let ActivateContext {
+                    mem,
+                    queues,
+                    interrupt,
+                    ..
+                } = ctx;
+                let (mut queues, kicks): (Vec<Queue>, Vec<EventFd>) =
+                    queues.into_iter().map(|q| (q.queue, q.kick)).unzip();
+                // Buffers may already be waiting from before activation.
+                for (i, q) in queues.iter_mut().enumerate() {
+                    run_queue(&mut handler, i, q, &mem, interrupt.as_ref());
+                }
+                let mut events = vec![EpollEvent::default(); kicks.len() + 1];
+                'outer: loop {
+                    let n = match epoll.wait(-1, &mut events) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            log::error!("device worker: epoll failed: {e}");
+                            break;
+                        }
+                    };
+                    for ev in &events[..n] {
+                        let token = ev.data();
+                        if token == STOP_TOKEN {
+                            break 'outer;
+                        }
+                        let i = token as usize;
+                        let _ = kicks[i].read();
+                        run_queue(&mut handler, i, &mut queues[i], &mem, interrupt.as_ref());
+                    }
+                }
+                (handler, kicks)
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread; returns the handler and the kick eventfds.
+    pub fn stop(mut self) -> Option<(H, Vec<EventFd>)> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Option<(H, Vec<EventFd>)> {
+        let thread = self.thread.take()?;
+        let _ = self.stop.write(1);
+        thread.join().ok()
+    }
+}
+
+impl<H: QueueHandler> Drop for Worker<H> {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+fn run_queue<H: QueueHandler>(
+    handler: &mut H,
+    index: usize,
+    queue: &mut Queue,
+    mem: &Arc<GuestMemory>,
+    interrupt: &dyn Interrupt,
+) {
+    if handler.process_queue(index, queue, mem) {
+        interrupt.trigger(InterruptKind::Queue(index as u16));
+    }
+}

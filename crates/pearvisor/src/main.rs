@@ -1,0 +1,183 @@
+//! The `pearvisor` binary: parses the command line, prepares the terminal,
+//! builds VMs and maps their end to an exit status.
+
+mod cli;
+mod console;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use pv_vmm::config::{parse_size, BlockParams, SerialMode, VmConfig};
+use pv_vmm::hypervisor::kvm::HostKvm;
+use pv_vmm::vm::{ConsoleInput, Machine, VmExitReason};
+
+use cli::{Cli, Command, ImageCommand, RunArgs};
+
+/// Command line used with the default guest image.
+const DEFAULT_IMAGE_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1";
+/// Command line used with a user-supplied kernel and no --cmdline.
+const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet";
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_target(false)
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            console::restore_terminal();
+            eprintln!("pearvisor: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Image(ImageCommand::Build) => {
+            let image = pv_image::build_default_image(Default::default())?;
+            println!("kernel: {}", image.kernel.display());
+            println!("initrd: {}", image.initrd.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image(ImageCommand::Path) => {
+            let image = pv_image::build_default_image(Default::default())?;
+            println!("{} {}", image.kernel.display(), image.initrd.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Host => {
+            let host = HostKvm::detect();
+            println!("{}", host.describe());
+            Ok(if host == HostKvm::Hardware {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+    }
+}
+
+/// Merges the JSON config file (if any) with the flags.
+fn build_config(args: &RunArgs) -> Result<VmConfig> {
+    let mut config: Option<VmConfig> = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the config file '{}'", path.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("invalid config file '{}'", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let kernel: PathBuf;
+    let mut initrd = args.initrd.clone();
+    let mut cmdline = args.cmdline.clone();
+    match (&args.kernel, &config) {
+        (Some(k), _) => kernel = k.clone(),
+        (None, Some(c)) => kernel = c.kernel.clone(),
+        (None, None) => {
+            let image = pv_image::build_default_image(Default::default())
+                .context("cannot build the default guest image (pass --kernel to boot your own)")?;
+            kernel = image.kernel;
+            initrd = initrd.or(Some(image.initrd));
+            cmdline = cmdline.or(Some(DEFAULT_IMAGE_CMDLINE.to_string()));
+        }
+    }
+    let c = config.get_or_insert_with(|| VmConfig {
+        kernel: kernel.clone(),
+        initrd: None,
+        cmdline: DEFAULT_CMDLINE.to_string(),
+        cpus: 1,
+        memory: 512 << 20,
+        disks: Vec::new(),
+        serial: SerialMode::Tty,
+        rng: true,
+        reboot: true,
+    });
+    c.kernel = kernel;
+    if initrd.is_some() {
+        c.initrd = initrd;
+    }
+    if let Some(cmdline) = cmdline {
+        c.cmdline = cmdline;
+    }
+    if let Some(cpus) = args.cpus {
+        c.cpus = cpus;
+    }
+    if let Some(m) = &args.memory {
+        c.memory = parse_size(m).context("bad --memory")?;
+    }
+    for (i, d) in args.disk.iter().enumerate() {
+        c.disks
+            .push(BlockParams::parse(d).with_context(|| format!("bad --disk #{}: '{d}'", i + 1))?);
+    }
+    if let Some(s) = &args.serial {
+        c.serial = s.parse().context("bad --serial")?;
+    }
+    if args.no_reboot {
+        c.reboot = false;
+    }
+    if args.no_rng {
+        c.rng = false;
+    }
+    let config = config.unwrap_or_else(|| unreachable!("set above"));
+    config.validate()?;
+    Ok(config)
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let host = HostKvm::detect();
+    if host != HostKvm::Hardware && !args.skip_host_check {
+        bail!(
+            "this host cannot run a stock Linux guest: {}",
+            host.describe()
+        );
+    }
+    let config = build_config(&args)?;
+    let input = ConsoleInput::default();
+    let _terminal = match config.serial {
+        SerialMode::Tty => Some(console::attach_stdin(input.clone())),
+        _ => None,
+    };
+    loop {
+        let out: Box<dyn Write + Send> = match &config.serial {
+            SerialMode::Tty => Box::new(std::io::stdout()),
+            SerialMode::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("cannot open the serial log '{}'", p.display()))?,
+            ),
+            SerialMode::None => Box::new(std::io::sink()),
+        };
+        let machine = Machine::build_on(&config, out, input.clone())?;
+        match machine.run()? {
+            VmExitReason::PowerOff | VmExitReason::Stopped => {
+                log::info!("guest powered off");
+                return Ok(ExitCode::SUCCESS);
+            }
+            VmExitReason::Reset if config.reboot => {
+                log::info!("guest rebooted; restarting it");
+                continue;
+            }
+            VmExitReason::Reset => {
+                log::info!("guest rebooted; exiting (--no-reboot)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            VmExitReason::Crash(why) => {
+                console::restore_terminal();
+                bail!("the guest stopped abnormally: {why}")
+            }
+        }
+    }
+}

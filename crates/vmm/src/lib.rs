@@ -1,0 +1,15 @@
+//! PearVisor's VMM core.
+//!
+//! - [`hypervisor`]: the small seam over the host hypervisor (KVM today).
+//! - [`arch`]: x86_64 specifics: memory layout, boot protocols, CPUID, ACPI.
+//! - [`memory`]: guest RAM.
+//! - [`config`]: the VM configuration shared by CLI, JSON file and API.
+//! - [`interrupts`]: irqfd lines and MSI routes.
+//! - [`vm`]: builds a machine from a [`config::VmConfig`] and runs it.
+
+pub mod arch;
+pub mod config;
+pub mod hypervisor;
+pub mod interrupts;
+pub mod memory;
+pub mod vm;

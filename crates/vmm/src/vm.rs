@@ -1,0 +1,502 @@
+//! Builds a machine from a [`VmConfig`] and runs it until the guest powers
+//! off, resets or dies.
+//!
+//! Threads: one per vCPU (`vcpu-N`), one per active virtio device (named by
+//! the device), and the caller's thread, which waits in [`Machine::wait`].
+//! vCPU threads are stopped by a flag and a real-time signal that kicks them
+//! out of `KVM_RUN`.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pv_devices::bus::{Bus, BusError};
+use pv_devices::pci::{PciConfigIo, PciConfigMmio, PciSegment};
+use pv_devices::platform::{AcpiPm, I8042Reset, PlatformEvents, PlatformRequest, PowerButton};
+use pv_devices::serial::SerialPort;
+use pv_devices::virtio::block::{Block, BlockMetrics};
+use pv_devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
+use pv_devices::virtio::rng::Rng;
+use pv_devices::virtio::VirtioDevice;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::acpi::{create_acpi_tables, AcpiConfig, AcpiError};
+use crate::arch::x86_64::boot::{load_kernel, BootError, BootSpec, KernelEntry};
+use crate::arch::x86_64::cpu::{configure_vcpu, write_boot_tables, CpuError};
+use crate::arch::x86_64::layout::*;
+use crate::config::VmConfig;
+use crate::hypervisor::kvm::{HostKvm, KvmHypervisor};
+use crate::hypervisor::{HypervisorError, IoEventAddress, Vcpu, VcpuExit, Vm};
+use crate::interrupts::{legacy_irq, VmMsiRouter};
+use crate::memory::{create_guest_memory, ram_top, GuestMemory, MemoryError};
+
+/// Errors while building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{0}")]
+    HostUnsupported(&'static str),
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
+    #[error("cannot build ACPI tables")]
+    Acpi(#[from] AcpiError),
+    #[error("cannot create device {name}")]
+    Device {
+        name: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("device address conflict")]
+    Bus(#[from] BusError),
+    #[error("cannot create an eventfd or thread")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why the machine stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExitReason {
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest asked for a reset.
+    Reset,
+    /// The guest died (triple fault) or the VMM hit an unrecoverable error.
+    Crash(String),
+    /// The VMM was asked to stop.
+    Stopped,
+}
+
+/// The first reason to stop wins; waiters are woken through an eventfd.
+pub struct ExitSignal {
+    reason: Mutex<Option<VmExitReason>>,
+    fd: EventFd,
+}
+
+impl ExitSignal {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            reason: Mutex::new(None),
+            fd: EventFd::new(0)?,
+        })
+    }
+
+    /// Records `reason` unless one was recorded already.
+    pub fn set(&self, reason: VmExitReason) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            log::debug!("vm exit: {reason:?}");
+            *r = Some(reason);
+            let _ = self.fd.write(1);
+        }
+    }
+
+    fn wait(&self) -> VmExitReason {
+        loop {
+            if let Some(r) = self
+                .reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+            {
+                return r;
+            }
+            let _ = self.fd.read();
+        }
+    }
+}
+
+impl PlatformEvents for ExitSignal {
+    fn request(&self, req: PlatformRequest) {
+        self.set(match req {
+            PlatformRequest::PowerOff => VmExitReason::PowerOff,
+            PlatformRequest::Reset => VmExitReason::Reset,
+        });
+    }
+}
+
+/// Where the serial console's input comes from: the VMM's stdin thread
+/// writes into whichever port is current (it changes when the guest reboots).
+#[derive(Clone, Default)]
+pub struct ConsoleInput(Arc<Mutex<Option<Arc<Mutex<SerialPort>>>>>);
+
+impl ConsoleInput {
+    /// Sends bytes to the guest's serial port, if a machine is running.
+    pub fn send(&self, bytes: &[u8]) {
+        if let Some(port) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            port.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .enqueue_input(bytes);
+        }
+    }
+
+    fn attach(&self, port: Option<Arc<Mutex<SerialPort>>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = port;
+    }
+}
+
+/// A built machine.
+pub struct Machine {
+    vm: Arc<dyn Vm>,
+    mem: Arc<GuestMemory>,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    vcpus: Vec<Box<dyn Vcpu>>,
+    entry: KernelEntry,
+    exit: Arc<ExitSignal>,
+    console: ConsoleInput,
+    power_button: PowerButton,
+    block_metrics: Vec<Arc<BlockMetrics>>,
+    _pci_devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
+}
+
+/// Signal used to kick vCPU threads out of KVM_RUN.
+fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        if let Err(e) = vmm_sys_util::signal::register_signal_handler(kick_signal(), noop) {
+            log::error!("cannot install the vCPU kick handler: {e}");
+        }
+    });
+}
+
+/// Allocates BARs in the 32-bit PCI window.
+struct BarAllocator {
+    next: u64,
+}
+
+impl BarAllocator {
+    fn alloc(&mut self, size: u64) -> Option<u64> {
+        let addr = self.next.div_ceil(size) * size;
+        (addr + size <= PCI_MMIO32_START + PCI_MMIO32_SIZE).then(|| {
+            self.next = addr + size;
+            addr
+        })
+    }
+}
+
+impl Machine {
+    /// Builds the machine: memory, devices, tables, kernel, vCPUs.
+    pub fn build(
+        config: &VmConfig,
+        serial_out: Box<dyn Write + Send>,
+        console: ConsoleInput,
+    ) -> Result<Self, VmError> {
+        let host = HostKvm::detect();
+        if host != HostKvm::Hardware {
+            return Err(VmError::HostUnsupported(host.describe()));
+        }
+        Self::build_on(config, serial_out, console)
+    }
+
+    /// Like [`Machine::build`] without the host check.
+    pub fn build_on(
+        config: &VmConfig,
+        serial_out: Box<dyn Write + Send>,
+        console: ConsoleInput,
+    ) -> Result<Self, VmError> {
+        let hv = KvmHypervisor::new()?;
+        let vm: Arc<dyn Vm> = Arc::new(hv.create_vm(true)?);
+        let mem = Arc::new(create_guest_memory(config.memory)?);
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|e| VmError::Device {
+                    name: "memory".into(),
+                    source: Box::new(e),
+                })?;
+            // SAFETY: the mapping is owned by `mem`, which the Machine keeps
+            // alive longer than the VM's vCPUs run.
+            unsafe {
+                vm.map_memory(
+                    slot as u32,
+                    region.start_addr().0,
+                    region.len(),
+                    host as u64,
+                    false,
+                )?;
+            }
+        }
+
+        let io_bus = Arc::new(Bus::new());
+        let mmio_bus = Arc::new(Bus::new());
+        let exit = Arc::new(ExitSignal::new()?);
+
+        // Legacy and platform devices.
+        let serial_irq = legacy_irq(vm.as_ref(), SERIAL_IRQ)?;
+        let serial = Arc::new(Mutex::new(SerialPort::new(serial_irq, serial_out)));
+        io_bus.insert(serial.clone(), u64::from(SERIAL_PORT), 8)?;
+        console.attach(Some(serial.clone()));
+        let pm = AcpiPm::new(ACPI_S5_SLEEP_TYPE, ACPI_RESET_VALUE, exit.clone());
+        let power_button = pm.power_button(legacy_irq(vm.as_ref(), ACPI_GED_IRQ)?);
+        io_bus.insert(
+            Arc::new(Mutex::new(pm)),
+            u64::from(ACPI_SLEEP_CONTROL_PORT),
+            pv_devices::platform::ACPI_PM_LEN,
+        )?;
+        io_bus.insert(Arc::new(Mutex::new(I8042Reset::new(exit.clone()))), 0x64, 1)?;
+
+        // PCI.
+        let segment = Arc::new(Mutex::new(PciSegment::new()));
+        io_bus.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(segment.clone()))),
+            u64::from(PCI_CONFIG_IO_PORT),
+            PCI_CONFIG_IO_SIZE,
+        )?;
+        mmio_bus.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(segment.clone()))),
+            PCI_ECAM_START,
+            PCI_ECAM_SIZE,
+        )?;
+        let router = Arc::new(VmMsiRouter::new(vm.clone()));
+        let mut bars = BarAllocator {
+            next: PCI_MMIO32_START,
+        };
+        let mut pci_devices = Vec::new();
+        let mut block_metrics = Vec::new();
+        let mut virtio: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+        for (i, disk) in config.disks.iter().enumerate() {
+            let name = format!("virtio-blk-{i}");
+            let block = Block::new(disk).map_err(|e| VmError::Device {
+                name: name.clone(),
+                source: Box::new(e),
+            })?;
+            block_metrics.push(block.metrics());
+            virtio.push((name, Box::new(block)));
+        }
+        if config.rng {
+            let rng = Rng::new().map_err(|e| VmError::Device {
+                name: "virtio-rng".into(),
+                source: Box::new(e),
+            })?;
+            virtio.push(("virtio-rng".into(), Box::new(rng)));
+        }
+        for (name, dev) in virtio {
+            let bar = bars.alloc(BAR_SIZE).ok_or_else(|| VmError::Device {
+                name: name.clone(),
+                source: "the PCI MMIO window is full".into(),
+            })?;
+            let pci = VirtioPciDevice::new(&name, dev, mem.clone(), router.clone(), bar).map_err(
+                |e| VmError::Device {
+                    name: name.clone(),
+                    source: Box::new(e),
+                },
+            )?;
+            for (addr, fd) in pci.notify_eventfds() {
+                vm.register_ioevent(fd, IoEventAddress::Mmio(addr))?;
+            }
+            let pci = Arc::new(Mutex::new(pci));
+            mmio_bus.insert(pci.clone(), bar, BAR_SIZE)?;
+            segment
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(pci.clone())
+                .map_err(|e| VmError::Device {
+                    name: name.clone(),
+                    source: Box::new(e),
+                })?;
+            pci_devices.push(pci);
+        }
+
+        // Firmware tables and the kernel.
+        let rsdp = create_acpi_tables(
+            &mem,
+            &AcpiConfig {
+                num_cpus: config.cpus,
+                pci_mmio64_start: pci_mmio64_start(ram_top(&mem)),
+                pci_mmio64_size: PCI_MMIO64_SIZE,
+            },
+        )?;
+        write_boot_tables(&mem)?;
+        let entry = load_kernel(
+            &mem,
+            &BootSpec {
+                kernel: &config.kernel,
+                initrd: config.initrd.as_deref(),
+                cmdline: &config.cmdline,
+                rsdp,
+            },
+        )?;
+
+        let supported = vm.supported_cpuid()?;
+        let mut vcpus = Vec::new();
+        for id in 0..config.cpus {
+            let vcpu = vm.create_vcpu(id)?;
+            configure_vcpu(
+                vcpu.as_ref(),
+                &supported,
+                id,
+                config.cpus,
+                (id == 0).then_some(entry),
+            )?;
+            vcpus.push(vcpu);
+        }
+
+        Ok(Self {
+            vm,
+            mem,
+            io_bus,
+            mmio_bus,
+            vcpus,
+            entry,
+            exit,
+            console,
+            power_button,
+            block_metrics,
+            _pci_devices: pci_devices,
+        })
+    }
+
+    /// Where the boot vCPU enters the kernel.
+    pub fn kernel_entry(&self) -> KernelEntry {
+        self.entry
+    }
+
+    /// Block device counters, one per disk.
+    pub fn block_metrics(&self) -> &[Arc<BlockMetrics>] {
+        &self.block_metrics
+    }
+
+    /// Presses the ACPI power button.
+    pub fn press_power_button(&self) -> std::io::Result<()> {
+        self.power_button.press()
+    }
+
+    /// Starts the vCPUs and waits until the machine stops.
+    pub fn run(mut self) -> Result<VmExitReason, VmError> {
+        install_kick_handler();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for (id, vcpu) in self.vcpus.drain(..).enumerate() {
+            let ctx = VcpuContext {
+                id,
+                io_bus: self.io_bus.clone(),
+                mmio_bus: self.mmio_bus.clone(),
+                exit: self.exit.clone(),
+                stop: stop.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("vcpu-{id}"))
+                    .spawn(move || ctx.run(vcpu))?,
+            );
+        }
+        let reason = self.exit.wait();
+        stop.store(true, Ordering::SeqCst);
+        for t in &threads {
+            use std::os::unix::thread::JoinHandleExt;
+            // Kick until the thread notices the flag (a signal that arrives
+            // just before KVM_RUN would otherwise be missed).
+            for _ in 0..500 {
+                if t.is_finished() {
+                    break;
+                }
+                // SAFETY: the pthread is alive (not yet joined), and the
+                // signal has a handler installed.
+                unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        self.console.attach(None);
+        let _ = (&self.vm, &self.mem);
+        Ok(reason)
+    }
+}
+
+/// What a vCPU thread needs.
+struct VcpuContext {
+    id: usize,
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+    exit: Arc<ExitSignal>,
+    stop: Arc<AtomicBool>,
+}
+
+impl VcpuContext {
+    fn run(self, mut vcpu: Box<dyn Vcpu>) {
+        while !self.stop.load(Ordering::Acquire) {
+            match vcpu.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    if !self.io_bus.read(u64::from(port), data) {
+                        data.fill(0xff);
+                    }
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.io_bus.write(u64::from(port), data);
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if !self.mmio_bus.read(addr, data) {
+                        data.fill(0xff);
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    self.mmio_bus.write(addr, data);
+                }
+                Ok(VcpuExit::Interrupted) => {}
+                Ok(VcpuExit::Hlt) => {
+                    log::info!("vcpu-{}: halted", self.id);
+                    self.exit.set(VmExitReason::PowerOff);
+                    break;
+                }
+                Ok(VcpuExit::Reset) => {
+                    self.exit.set(VmExitReason::Reset);
+                    break;
+                }
+                Ok(VcpuExit::Shutdown) => {
+                    self.exit.set(VmExitReason::Crash(format!(
+                        "vcpu-{} triple-faulted (the guest crashed)",
+                        self.id
+                    )));
+                    break;
+                }
+                Ok(VcpuExit::Unhandled(what)) => {
+                    self.exit
+                        .set(VmExitReason::Crash(format!("vcpu-{}: {what}", self.id)));
+                    break;
+                }
+                Err(e) => {
+                    self.exit
+                        .set(VmExitReason::Crash(format!("vcpu-{}: {e}", self.id)));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_are_aligned_and_bounded() {
+        let mut b = BarAllocator {
+            next: PCI_MMIO32_START + 0x100,
+        };
+        assert_eq!(b.alloc(0x8000), Some(PCI_MMIO32_START + 0x8000));
+        assert_eq!(b.alloc(0x8000), Some(PCI_MMIO32_START + 0x10000));
+        assert_eq!(b.alloc(PCI_MMIO32_SIZE), None);
+    }
+
+    #[test]
+    fn first_exit_reason_wins() {
+        let s = ExitSignal::new().unwrap();
+        s.request(PlatformRequest::Reset);
+        s.set(VmExitReason::PowerOff);
+        assert_eq!(s.wait(), VmExitReason::Reset);
+    }
+}
