@@ -49,7 +49,7 @@ pub fn validate_size(size: u64) -> Result<(), MemoryError> {
     if size < MIN_MEMORY {
         return Err(MemoryError::TooSmall(size));
     }
-    if size % 4096 != 0 {
+    if !size.is_multiple_of(4096) {
         return Err(MemoryError::Unaligned(size));
     }
     let host = host_memory();

@@ -80,7 +80,7 @@ pub struct ExitSignal {
 }
 
 impl ExitSignal {
-    fn new() -> std::io::Result<Self> {
+    pub fn new() -> std::io::Result<Self> {
         Ok(Self {
             reason: Mutex::new(None),
             fd: EventFd::new(0)?,
@@ -97,7 +97,8 @@ impl ExitSignal {
         }
     }
 
-    fn wait(&self) -> VmExitReason {
+    /// Blocks until a reason is set.
+    pub fn wait(&self) -> VmExitReason {
         loop {
             if let Some(r) = self
                 .reason
@@ -417,17 +418,19 @@ impl Machine {
     }
 }
 
-/// What a vCPU thread needs.
-struct VcpuContext {
-    id: usize,
-    io_bus: Arc<Bus>,
-    mmio_bus: Arc<Bus>,
-    exit: Arc<ExitSignal>,
-    stop: Arc<AtomicBool>,
+/// A vCPU's run loop: dispatches I/O and MMIO exits to the buses and turns
+/// the others into a [`VmExitReason`]. Unclaimed reads return all ones.
+pub struct VcpuContext {
+    pub id: usize,
+    pub io_bus: Arc<Bus>,
+    pub mmio_bus: Arc<Bus>,
+    pub exit: Arc<ExitSignal>,
+    pub stop: Arc<AtomicBool>,
 }
 
 impl VcpuContext {
-    fn run(self, mut vcpu: Box<dyn Vcpu>) {
+    /// Runs `vcpu` until it stops or `stop` is set.
+    pub fn run(self, mut vcpu: Box<dyn Vcpu>) {
         while !self.stop.load(Ordering::Acquire) {
             match vcpu.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {

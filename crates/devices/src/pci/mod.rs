@@ -128,7 +128,7 @@ fn read_subword(value: u32, offset: usize, data: &mut [u8]) {
 }
 
 fn valid_access(offset: usize, len: usize) -> bool {
-    matches!(len, 1 | 2 | 4) && offset % len == 0 && offset + len <= 4
+    matches!(len, 1 | 2 | 4) && offset.is_multiple_of(len) && offset + len <= 4
 }
 
 /// Configuration mechanism #1: address at 0xCF8, data at 0xCFC-0xCFF.

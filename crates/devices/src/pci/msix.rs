@@ -11,12 +11,15 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
+/// An MSI message: (address, data).
+pub type MsiMessage = (u64, u32);
+
 /// The VMM's interrupt routing, as MSI-X needs it.
 pub trait MsiRouter: Send + Sync {
     /// Creates a line: a GSI whose eventfd is registered as an irqfd.
     fn allocate(&self) -> io::Result<(u32, EventFd)>;
     /// Sets (or removes) the MSI message line `gsi` delivers.
-    fn set_route(&self, gsi: u32, msg: Option<(u64, u32)>) -> io::Result<()>;
+    fn set_route(&self, gsi: u32, msg: Option<MsiMessage>) -> io::Result<()>;
 }
 
 /// PCI capability id of MSI-X.
@@ -40,7 +43,7 @@ impl Entry {
     fn masked(&self) -> bool {
         self.ctrl & CTRL_MASKED != 0
     }
-    fn message(&self) -> (u64, u32) {
+    fn message(&self) -> MsiMessage {
         (
             (u64::from(self.addr_hi) << 32) | u64::from(self.addr_lo),
             self.data,
@@ -211,7 +214,7 @@ pub(crate) mod tests {
     #[derive(Default)]
     pub struct TestRouter {
         next: AtomicU32,
-        pub routes: Mutex<Vec<(u32, Option<(u64, u32)>)>>,
+        pub routes: Mutex<Vec<(u32, Option<MsiMessage>)>>,
     }
 
     impl MsiRouter for TestRouter {
@@ -221,7 +224,7 @@ pub(crate) mod tests {
                 EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?,
             ))
         }
-        fn set_route(&self, gsi: u32, msg: Option<(u64, u32)>) -> io::Result<()> {
+        fn set_route(&self, gsi: u32, msg: Option<MsiMessage>) -> io::Result<()> {
             self.routes.lock().unwrap().push((gsi, msg));
             Ok(())
         }

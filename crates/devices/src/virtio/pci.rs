@@ -342,12 +342,8 @@ impl VirtioPciDevice {
                     u64::from(v.load(Ordering::Acquire))
                 }),
             (0x1c, 2) => self.selected_queue().map_or(0, |q| u64::from(q.ready())),
-            (0x1e, 2) => {
-                if usize::from(self.queue_select) < self.queues.len() {
-                    u64::from(self.queue_select)
-                } else {
-                    0
-                }
+            (0x1e, 2) if usize::from(self.queue_select) < self.queues.len() => {
+                u64::from(self.queue_select)
             }
             (0x20, 4) | (0x20, 8) => self.selected_queue().map_or(0, |q| q.desc_table()),
             (0x24, 4) => self.selected_queue().map_or(0, |q| q.desc_table() >> 32),
@@ -624,7 +620,10 @@ mod tests {
         u64::from_le_bytes(b)
     }
 
-    fn make() -> (VirtioPciDevice, Arc<Mutex<Option<(usize, u64)>>>) {
+    /// (queues, acked features) seen at activation.
+    type Activation = Arc<Mutex<Option<(usize, u64)>>>;
+
+    fn make() -> (VirtioPciDevice, Activation) {
         let mem = Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
         let activated = Arc::new(Mutex::new(None));
         let probe = Probe {
