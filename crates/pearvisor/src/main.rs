@@ -135,6 +135,7 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode> {
+    let config = build_config(&args)?;
     let host = HostKvm::detect();
     if host != HostKvm::Hardware && !args.skip_host_check {
         bail!(
@@ -142,7 +143,6 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             host.describe()
         );
     }
-    let config = build_config(&args)?;
     let input = ConsoleInput::default();
     let _terminal = match config.serial {
         SerialMode::Tty => Some(console::attach_stdin(input.clone())),
@@ -160,7 +160,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             ),
             SerialMode::None => Box::new(std::io::sink()),
         };
-        let machine = Machine::build_on(&config, out, input.clone())?;
+        let machine = Machine::build(&config, out, input.clone())?;
         match machine.run()? {
             VmExitReason::PowerOff | VmExitReason::Stopped => {
                 log::info!("guest powered off");

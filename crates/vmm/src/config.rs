@@ -31,6 +31,8 @@ pub enum ConfigError {
     Serial(String),
     #[error("disk {index}: {message}")]
     Disk { index: usize, message: String },
+    #[error(transparent)]
+    Kernel(#[from] crate::arch::x86_64::boot::BootError),
     #[error("the kernel command line is longer than {max} bytes")]
     CmdlineTooLong { max: usize },
 }
@@ -136,6 +138,7 @@ impl VmConfig {
         }
         memory::validate_size(self.memory)?;
         readable("kernel", &self.kernel)?;
+        crate::arch::x86_64::boot::check_kernel(&self.kernel)?;
         if let Some(initrd) = &self.initrd {
             readable("initrd", initrd)?;
         }
@@ -149,6 +152,22 @@ impl VmConfig {
                 index,
                 message: e.to_string(),
             })?;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(!disk.readonly)
+                .open(&disk.path)
+                .map_err(|e| ConfigError::Disk {
+                    index,
+                    message: format!(
+                        "cannot open '{}'{}: {e}",
+                        disk.path.display(),
+                        if disk.readonly {
+                            ""
+                        } else {
+                            " for writing (add readonly=on?)"
+                        }
+                    ),
+                })?;
         }
         Ok(())
     }

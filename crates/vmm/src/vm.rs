@@ -28,7 +28,7 @@ use crate::arch::x86_64::boot::{load_kernel, BootError, BootSpec, KernelEntry};
 use crate::arch::x86_64::cpu::{configure_vcpu, write_boot_tables, CpuError};
 use crate::arch::x86_64::layout::*;
 use crate::config::VmConfig;
-use crate::hypervisor::kvm::{HostKvm, KvmHypervisor};
+use crate::hypervisor::kvm::KvmHypervisor;
 use crate::hypervisor::{HypervisorError, IoEventAddress, Vcpu, VcpuExit, Vm};
 use crate::interrupts::{legacy_irq, VmMsiRouter};
 use crate::memory::{create_guest_memory, ram_top, GuestMemory, MemoryError};
@@ -36,8 +36,6 @@ use crate::memory::{create_guest_memory, ram_top, GuestMemory, MemoryError};
 /// Errors while building or running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("{0}")]
-    HostUnsupported(&'static str),
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
     #[error(transparent)]
@@ -188,21 +186,10 @@ impl BarAllocator {
 }
 
 impl Machine {
-    /// Builds the machine: memory, devices, tables, kernel, vCPUs.
+    /// Builds the machine: memory, devices, tables, kernel, vCPUs. The
+    /// caller checks the host first
+    /// ([`crate::hypervisor::kvm::HostKvm::detect`]).
     pub fn build(
-        config: &VmConfig,
-        serial_out: Box<dyn Write + Send>,
-        console: ConsoleInput,
-    ) -> Result<Self, VmError> {
-        let host = HostKvm::detect();
-        if host != HostKvm::Hardware {
-            return Err(VmError::HostUnsupported(host.describe()));
-        }
-        Self::build_on(config, serial_out, console)
-    }
-
-    /// Like [`Machine::build`] without the host check.
-    pub fn build_on(
         config: &VmConfig,
         serial_out: Box<dyn Write + Send>,
         console: ConsoleInput,

@@ -95,12 +95,64 @@ fn detect_format(file: &mut File) -> Option<KernelFormat> {
     let n = file.read(&mut head).ok()?;
     file.seek(SeekFrom::Start(0)).ok()?;
     if n >= 4 && head[..4] == *b"\x7fELF" {
-        return Some(KernelFormat::Elf);
+        let ok = is_kernel_elf(file);
+        file.seek(SeekFrom::Start(0)).ok()?;
+        return ok.then_some(KernelFormat::Elf);
     }
     if n >= 0x206 && head[0x202..0x206] == *b"HdrS" {
         return Some(KernelFormat::BzImage);
     }
     None
+}
+
+/// An ELF64 x86-64 executable with a Xen (PVH) or Linux note: a vmlinux,
+/// not some other program.
+fn is_kernel_elf(file: &mut File) -> bool {
+    let mut eh = [0u8; 64];
+    if file.seek(SeekFrom::Start(0)).is_err() || file.read_exact(&mut eh).is_err() {
+        return false;
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(std::array::from_fn(|i| b[o + i]));
+    const ET_EXEC: u16 = 2;
+    const EM_X86_64: u16 = 62;
+    const PT_NOTE: u32 = 4;
+    if eh[4] != 2 || eh[5] != 1 || u16_at(&eh, 16) != ET_EXEC || u16_at(&eh, 18) != EM_X86_64 {
+        return false;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(&eh, 32), u16_at(&eh, 54), u16_at(&eh, 56));
+    if phentsize < 56 || phnum > 64 {
+        return false;
+    }
+    for i in 0..u64::from(phnum) {
+        let mut ph = [0u8; 56];
+        let Some(off) = phoff.checked_add(i * u64::from(phentsize)) else {
+            return false;
+        };
+        if file.seek(SeekFrom::Start(off)).is_err() || file.read_exact(&mut ph).is_err() {
+            return false;
+        }
+        if u32_at(&ph, 0) != PT_NOTE {
+            continue;
+        }
+        let (offset, size) = (u64_at(&ph, 8), u64_at(&ph, 32).min(64 * 1024));
+        let mut notes = vec![0u8; size as usize];
+        if file.seek(SeekFrom::Start(offset)).is_err() || file.read_exact(&mut notes).is_err() {
+            continue;
+        }
+        let mut p = 0usize;
+        while p + 12 <= notes.len() {
+            let namesz = u32_at(&notes, p) as usize;
+            let descsz = u32_at(&notes, p + 4) as usize;
+            let name = notes.get(p + 12..p + 12 + namesz).unwrap_or(&[]);
+            if name.starts_with(b"Xen\0") || name.starts_with(b"Linux\0") {
+                return true;
+            }
+            p += 12 + namesz.div_ceil(4) * 4 + descsz.div_ceil(4) * 4;
+        }
+    }
+    false
 }
 
 /// The e820 map: RAM below the EBDA, RAM from 1 MiB to the 32-bit hole, RAM
