@@ -17,12 +17,15 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
 /// The environment variable that overrides the cache directory.
 pub const CACHE_ENV: &str = "PEARVISOR_CACHE";
+
+/// Files in `<cache>/tmp/` older than this are leftovers of crashed runs.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// Errors opening or locking the cache.
 #[derive(Debug, Error)]
@@ -71,7 +74,27 @@ impl Cache {
         for sub in ["apt", "debs", "pkgs", "images", "tmp"] {
             cache.ensure_dir(&cache.root.join(sub))?;
         }
+        cache.remove_stale_temp_files();
         Ok(cache)
+    }
+
+    /// Removes what crashed runs left in `<cache>/tmp/` more than a day ago.
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TEMP_AGE);
+            if stale {
+                let path = entry.path();
+                let _ = fs::remove_file(&path).or_else(|_| fs::remove_dir_all(&path));
+            }
+        }
     }
 
     /// The cache's root directory.

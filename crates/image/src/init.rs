@@ -53,7 +53,9 @@ pv_power_watch() {
         (
             t=0
             while [ ! -e "/dev/input/$ev" ] && [ $t -lt 20 ]; do sleep 0.1; t=$((t + 1)); done
-            cat "/dev/input/$ev" | head -c 1 >/dev/null
+            # One input_event is 24 bytes; dd returns after the first (a `cat | head -c 1`
+            # pipeline would hang: cat stays blocked in read after head has exited).
+            dd if="/dev/input/$ev" of=/dev/null bs=24 count=1 2>/dev/null || exit 0
             echo "pv-init: power button pressed, powering off"
             sync
             poweroff -f

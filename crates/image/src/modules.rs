@@ -444,7 +444,7 @@ pub(crate) mod tests {
         elf.extend_from_slice(modinfo);
         let strtab_off = elf.len();
         elf.extend_from_slice(shstrtab);
-        while elf.len() % 8 != 0 {
+        while elf.len() & 7 != 0 {
             elf.push(0);
         }
         let shoff = elf.len();

@@ -1,0 +1,101 @@
+//! The command line's answers to bad input: a clear message and status 1,
+//! before any VM exists (so these run on every host).
+
+use std::process::Command;
+
+const PEARVISOR: &str = env!("CARGO_BIN_EXE_pearvisor");
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(PEARVISOR).args(args).output().expect("run pearvisor");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp(name: &str, content: &[u8]) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("pv-cli-{}-{name}", std::process::id()));
+    std::fs::write(&p, content).unwrap();
+    p
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel_is_refused() {
+    let text = temp("text", b"this is not a kernel");
+    let (rc, err) = run(&["run", "--kernel", text.to_str().unwrap()]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("is not a Linux kernel"), "{err}");
+    // A program that is an ELF but not a vmlinux is refused too.
+    let (rc, err) = run(&["run", "--kernel", "/bin/sh"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("is not a Linux kernel"), "{err}");
+    let _ = std::fs::remove_file(text);
+}
+
+#[test]
+fn missing_files_name_the_path() {
+    let (rc, err) = run(&["run", "--kernel", "/nonexistent/vmlinuz"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("kernel '/nonexistent/vmlinuz' is not readable"), "{err}");
+    let kernel = temp("kernel-hdr", &bzimage_header());
+    let (rc, err) = run(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        "/nonexistent/initrd.img",
+    ]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("initrd '/nonexistent/initrd.img' is not readable"), "{err}");
+    let (rc, err) = run(&["run", "--kernel", kernel.to_str().unwrap(), "--disk", "path=/nonexistent/d.img"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("cannot open '/nonexistent/d.img'"), "{err}");
+    let _ = std::fs::remove_file(kernel);
+}
+
+/// Enough of a bzImage header to pass the format check.
+fn bzimage_header() -> Vec<u8> {
+    let mut v = vec![0u8; 0x400];
+    v[0x202..0x206].copy_from_slice(b"HdrS");
+    v
+}
+
+#[test]
+fn bad_sizes_and_flags_are_explained() {
+    let kernel = temp("kernel-hdr2", &bzimage_header());
+    let k = kernel.to_str().unwrap();
+    let (rc, err) = run(&["run", "--kernel", k, "--memory", "12Q"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("invalid size '12Q'"), "{err}");
+    let (rc, err) = run(&["run", "--kernel", k, "--memory", "16M"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("too small"), "{err}");
+    let (rc, err) = run(&["run", "--kernel", k, "--memory", "64T"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("more than the host"), "{err}");
+    let (rc, err) = run(&["run", "--kernel", k, "--cpus", "0"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("--cpus must be between 1 and"), "{err}");
+    let (rc, err) = run(&["run", "--kernel", k, "--disk", "path=x.img,speed=fast"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("unknown disk option 'speed'"), "{err}");
+    let (rc, err) = run(&["run", "--kernel", k, "--serial", "pty"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("use tty, file=PATH or none"), "{err}");
+    let (rc, _) = run(&["run", "--kernel", k, "--bogus-flag"]);
+    assert_eq!(rc, 2, "clap's usage error");
+    let _ = std::fs::remove_file(kernel);
+}
+
+#[test]
+fn a_pvm_only_host_is_explained() {
+    if pv_testkit::host_virtualization() != pv_testkit::HostVirt::PvmOnly {
+        return; // only meaningful where /dev/kvm is kvm_pvm
+    }
+    let kernel = temp("kernel-hdr3", &bzimage_header());
+    let (rc, err) = run(&["run", "--kernel", kernel.to_str().unwrap()]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("kvm_pvm without hardware virtualization"), "{err}");
+    assert!(err.contains("nested"), "says what to do instead: {err}");
+    let _ = std::fs::remove_file(kernel);
+}

@@ -1,0 +1,282 @@
+//! Tier 3: a stock Debian 6.12 kernel booted by PearVisor, end to end.
+//!
+//! On a host with hardware virtualization each scenario's shell script runs
+//! directly; otherwise it runs inside the nested-KVM machine (pv-testkit),
+//! where `/dev/kvm` is a real kvm_amd on an emulated SVM CPU. The guest is
+//! the default image plus the test scripts in `GUEST_TESTS`, selected with
+//! `pv.test=NAME` on the guest command line; they report `KEY=VALUE` lines
+//! on the serial console, and the host side of each scenario reports its own.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pv_image::{GuestImage, ImageBuilder};
+use pv_testkit::{host_virtualization, HostVirt, NestedMachine};
+
+const PEARVISOR: &str = env!("CARGO_BIN_EXE_pearvisor");
+const READY: &str = "PEARVISOR-GUEST-READY";
+
+/// Guest-side scripts: /pv-tests/NAME.sh in the image.
+const GUEST_TESTS: &[(&str, &str)] = &[
+    (
+        "info",
+        r#"
+echo "PV-NPROC=$(nproc)"
+echo "PV-ONLINE=$(cat /sys/devices/system/cpu/online)"
+echo "PV-MEMTOTAL-KB=$(awk '/^MemTotal/ {print $2}' /proc/meminfo)"
+echo "PV-HWRNG=$(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
+echo "PV-RANDOM-HEX=$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
+echo "PV-PCI-VIRTIO=$(cat /sys/bus/pci/devices/*/vendor | grep -c 0x1af4)"
+"#,
+    ),
+    (
+        "disks",
+        r#"
+echo "PV-VDA-RO=$(cat /sys/block/vda/ro)"
+echo "PV-VDA-SECTORS=$(cat /sys/block/vda/size)"
+echo "PV-VDA-MD5=$(md5sum /dev/vda | cut -d' ' -f1)"
+if dd if=/dev/zero of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null; then
+    echo "PV-VDA-WRITE=accepted"
+else
+    echo "PV-VDA-WRITE=refused"
+fi
+echo "PV-VDB-SERIAL=$(cat /sys/block/vdb/serial)"
+printf 'PEARVISOR-WROTE-THIS' > /tmp/msg
+dd if=/tmp/msg of=/dev/vdb bs=512 seek=8 conv=sync,fsync 2>/dev/null && echo "PV-VDB-WRITE=ok"
+echo 3 > /proc/sys/vm/drop_caches
+echo "PV-VDB-READBACK=$(dd if=/dev/vdb bs=512 skip=8 count=1 2>/dev/null | head -c 20)"
+"#,
+    ),
+    (
+        "reboot",
+        r#"
+if [ "$(dd if=/dev/vda bs=6 count=1 2>/dev/null)" = "BOOTED" ]; then
+    echo "PV-SECOND-BOOT"
+else
+    printf BOOTED | dd of=/dev/vda conv=fsync 2>/dev/null
+    echo "PV-FIRST-BOOT-REBOOTING"
+    reboot -f
+fi
+"#,
+    ),
+];
+
+/// The guest command line used by every scenario (plus `pv.test=`).
+const GUEST_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1";
+
+fn image() -> &'static GuestImage {
+    static IMAGE: OnceLock<GuestImage> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let mut b = ImageBuilder::new().quiet(true);
+        for (name, script) in GUEST_TESTS {
+            b = b.test_script(name, *script);
+        }
+        b.build().expect("build the test guest image")
+    })
+}
+
+/// Runs a host-side scenario script (POSIX sh, busybox-compatible) where
+/// `$PV` is pearvisor, `$L2` holds `vmlinuz` and `initrd.img` (plus
+/// `extra` files), and `$CMDLINE` is the guest command line. Returns the log.
+fn scenario(script: &str, extra: &[(&Path, &str)]) -> String {
+    let image = image();
+    let prelude = format!("CMDLINE='{GUEST_CMDLINE}'\nset -u\n");
+    match host_virtualization() {
+        HostVirt::Hardware => {
+            let dir = std::env::temp_dir().join(format!("pv-e2e-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(&image.kernel, dir.join("vmlinuz")).unwrap();
+            std::fs::copy(&image.initrd, dir.join("initrd.img")).unwrap();
+            for (src, name) in extra {
+                std::fs::copy(src, dir.join(name)).unwrap();
+            }
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("{prelude}{script}"))
+                .env("PV", PEARVISOR)
+                .env("L2", &dir)
+                .current_dir(&dir)
+                .output()
+                .expect("run sh");
+            let _ = std::fs::remove_dir_all(&dir);
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+        _ => {
+            let mut m = NestedMachine::new()
+                .binary(PEARVISOR)
+                .guest_image(image)
+                .quiet(true)
+                .timeout(Duration::from_secs(480))
+                .script(format!("PV=pearvisor\nL2=/l2\n{prelude}{script}"));
+            for (src, name) in extra {
+                m = m.file(*src, format!("/l2/{name}"));
+            }
+            let out = m.run().expect("run the nested machine");
+            assert!(
+                out.kvm_ready(),
+                "the nested machine has no /dev/kvm:\n{}",
+                out.tail(40)
+            );
+            out.log
+        }
+    }
+}
+
+/// The value of the first `KEY=value` line after `after` (a marker line, or "").
+fn value<'a>(log: &'a str, after: &str, key: &str) -> Option<&'a str> {
+    let start = if after.is_empty() { 0 } else { log.find(after)? };
+    let prefix = format!("{key}=");
+    log[start..]
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(str::trim)
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+#[test]
+fn boots_to_userspace_with_one_vcpu_and_powers_off() {
+    let log = scenario(
+        r#"
+timeout 240 $PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img --cmdline "$CMDLINE pv.test=info" \
+    --cpus 1 --memory 256M </dev/null
+echo "PV-RC=$?"
+"#,
+        &[],
+    );
+    assert!(log.contains(READY), "no userspace marker:\n{log}");
+    assert_eq!(value(&log, "", "PV-NPROC"), Some("1"), "{log}");
+    let kb: u64 = value(&log, "", "PV-MEMTOTAL-KB").unwrap().parse().unwrap();
+    assert!((200_000..=262_144).contains(&kb), "MemTotal {kb} kB for 256M:\n{log}");
+    assert_eq!(value(&log, "", "PV-HWRNG"), Some("virtio_rng.0"), "{log}");
+    let hex = value(&log, "", "PV-RANDOM-HEX").unwrap();
+    assert_eq!(hex.len(), 32, "16 random bytes from virtio-rng:\n{log}");
+    assert_ne!(hex, "00000000000000000000000000000000");
+    assert_eq!(value(&log, "", "PV-PCI-VIRTIO"), Some("1"), "{log}");
+    assert_eq!(value(&log, "", "PV-RC"), Some("0"), "poweroff exits 0:\n{log}");
+}
+
+#[test]
+fn two_vcpus_come_online_and_the_guest_sees_its_memory() {
+    let log = scenario(
+        r#"
+timeout 240 $PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img --cmdline "$CMDLINE pv.test=info" \
+    --cpus 2 --memory 1G </dev/null
+echo "PV-RC=$?"
+"#,
+        &[],
+    );
+    assert!(log.contains(READY), "no userspace marker:\n{log}");
+    assert_eq!(value(&log, "", "PV-NPROC"), Some("2"), "{log}");
+    assert_eq!(value(&log, "", "PV-ONLINE"), Some("0-1"), "{log}");
+    let kb: u64 = value(&log, "", "PV-MEMTOTAL-KB").unwrap().parse().unwrap();
+    assert!((900_000..=1_048_576).contains(&kb), "MemTotal {kb} kB for 1G:\n{log}");
+    assert_eq!(value(&log, "", "PV-RC"), Some("0"), "{log}");
+}
+
+#[test]
+fn disks_read_and_write_and_readonly_is_enforced() {
+    let log = scenario(
+        r#"
+dd if=/dev/urandom of=ro.img bs=1M count=8 2>/dev/null
+dd if=/dev/zero of=rw.img bs=1M count=8 2>/dev/null
+echo "HOST-RO-MD5-BEFORE=$(md5sum ro.img | cut -d' ' -f1)"
+timeout 240 $PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img --cmdline "$CMDLINE pv.test=disks" \
+    --disk path=ro.img,readonly=on --disk path=rw.img,id=pv-data-disk --no-reboot </dev/null
+echo "PV-RC=$?"
+echo "HOST-RO-MD5-AFTER=$(md5sum ro.img | cut -d' ' -f1)"
+echo "HOST-RW-AT-4096=$(dd if=rw.img bs=512 skip=8 count=1 2>/dev/null | head -c 20)"
+"#,
+        &[],
+    );
+    let before = value(&log, "", "HOST-RO-MD5-BEFORE").expect("host md5");
+    assert!(log.contains(READY), "no userspace marker:\n{log}");
+    assert_eq!(value(&log, "", "PV-VDA-SECTORS"), Some("16384"), "{log}");
+    assert_eq!(value(&log, "", "PV-VDA-MD5"), Some(before), "guest reads the disk:\n{log}");
+    assert_eq!(value(&log, "", "PV-VDA-RO"), Some("1"), "{log}");
+    assert_eq!(value(&log, "", "PV-VDA-WRITE"), Some("refused"), "{log}");
+    assert_eq!(value(&log, "", "PV-VDB-SERIAL"), Some("pv-data-disk"), "{log}");
+    assert_eq!(value(&log, "", "PV-VDB-WRITE"), Some("ok"), "{log}");
+    assert_eq!(value(&log, "", "PV-VDB-READBACK"), Some("PEARVISOR-WROTE-THIS"), "{log}");
+    assert_eq!(value(&log, "", "PV-RC"), Some("0"), "{log}");
+    assert_eq!(value(&log, "", "HOST-RO-MD5-AFTER"), Some(before), "read-only disk changed");
+    assert_eq!(
+        value(&log, "", "HOST-RW-AT-4096"),
+        Some("PEARVISOR-WROTE-THIS"),
+        "the guest's write must be in the file after poweroff:\n{log}"
+    );
+}
+
+#[test]
+fn reboot_restarts_the_guest_or_exits_with_no_reboot() {
+    let log = scenario(
+        r#"
+dd if=/dev/zero of=flag.img bs=1M count=1 2>/dev/null
+echo "HOST-RUN-1"
+timeout 240 $PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img --cmdline "$CMDLINE pv.test=reboot" \
+    --disk path=flag.img --no-reboot </dev/null
+echo "PV-RC-NO-REBOOT=$?"
+dd if=/dev/zero of=flag.img bs=1M count=1 2>/dev/null
+echo "HOST-RUN-2"
+timeout 240 $PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img --cmdline "$CMDLINE pv.test=reboot" \
+    --disk path=flag.img </dev/null
+echo "PV-RC-REBOOT=$?"
+echo "HOST-DONE"
+"#,
+        &[],
+    );
+    let run1 = &log[log.find("HOST-RUN-1").expect("run 1")..log.find("HOST-RUN-2").expect("run 2")];
+    assert!(run1.contains("PV-FIRST-BOOT-REBOOTING"), "{log}");
+    assert!(!run1.contains("PV-SECOND-BOOT"), "--no-reboot must not restart:\n{log}");
+    assert_eq!(value(&log, "", "PV-RC-NO-REBOOT"), Some("0"), "{log}");
+    let run2 = &log[log.find("HOST-RUN-2").unwrap()..log.find("HOST-DONE").expect("done")];
+    assert_eq!(count(run2, READY), 2, "the guest boots twice:\n{log}");
+    assert!(run2.contains("PV-SECOND-BOOT"), "{log}");
+    assert_eq!(value(&log, "HOST-RUN-2", "PV-RC-REBOOT"), Some("0"), "{log}");
+}
+
+/// Decompresses the vmlinux inside a bzImage (zstd payload, as Debian builds it).
+fn extract_vmlinux(bzimage: &Path) -> PathBuf {
+    let d = std::fs::read(bzimage).unwrap();
+    let setup_sects = match d[0x1f1] {
+        0 => 4,
+        n => usize::from(n),
+    };
+    let word = |o: usize| u32::from_le_bytes([d[o], d[o + 1], d[o + 2], d[o + 3]]) as usize;
+    let start = (setup_sects + 1) * 512 + word(0x248);
+    let payload = &d[start..start + word(0x24c)];
+    assert_eq!(&payload[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd-compressed kernel");
+    // The kernel appends the decompressed size after the zstd frame.
+    let mut frame = &payload[..payload.len() - 4];
+    let mut dec = ruzstd::decoding::StreamingDecoder::new(&mut frame).unwrap();
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut dec, &mut out).unwrap();
+    let path = std::env::temp_dir().join(format!("pv-vmlinux-{}", std::process::id()));
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn elf_vmlinux_boots_through_pvh() {
+    let vmlinux = extract_vmlinux(&image().kernel);
+    let log = scenario(
+        r#"
+timeout 240 $PV run --kernel $L2/vmlinux --initrd $L2/initrd.img --cmdline "$CMDLINE pv.test=info" \
+    --cpus 2 --memory 512M </dev/null
+echo "PV-RC=$?"
+"#,
+        &[(&vmlinux, "vmlinux")],
+    );
+    let _ = std::fs::remove_file(&vmlinux);
+    assert!(log.contains(READY), "no userspace marker:\n{log}");
+    assert_eq!(value(&log, "", "PV-NPROC"), Some("2"), "{log}");
+    assert_eq!(value(&log, "", "PV-RC"), Some("0"), "{log}");
+}

@@ -1,0 +1,29 @@
+//! pv-testkit: PearVisor's nested-KVM test harness.
+//!
+//! On hosts without hardware virtualization (see [`host_virtualization`]), PearVisor's
+//! end-to-end tests run inside an "L1" Debian 6.12 machine under QEMU 10/TCG with emulated AMD
+//! SVM, where `kvm_amd` provides a real `/dev/kvm`; PearVisor then boots its "L2" guest (the
+//! pv-image default image) there.
+//!
+//! ```no_run
+//! use pv_testkit::NestedMachine;
+//! let image = pv_image::build_default_image(pv_image::ImageOptions::default())?;
+//! let out = NestedMachine::new()
+//!     .binary("target/debug/pearvisor")
+//!     .guest_image(&image)
+//!     .script("pearvisor --kernel /l2/vmlinuz --initrd /l2/initrd.img")
+//!     .run()?;
+//! assert!(out.kvm_ready() && out.success(), "{}", out.tail(40));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod hostvirt;
+pub mod ldd;
+pub mod machine;
+pub mod qemu;
+
+pub use hostvirt::{host_virtualization, HostVirt};
+pub use machine::{
+    parse_l1_rc, NestedMachine, NestedOutput, TestkitError, L1_KVM_READY, L1_NO_KVM, L1_TEST_EXIT,
+    L2_INITRD, L2_KERNEL,
+};
