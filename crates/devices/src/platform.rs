@@ -91,6 +91,7 @@ impl BusDevice for AcpiPm {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&v) = data.first() else { return };
+        log::debug!("acpi pm: write {v:#x} at offset {offset}");
         match offset {
             SLEEP_CONTROL if v & SLP_EN != 0 => {
                 let slp_typ = (v >> 2) & 0x7;

@@ -6,7 +6,10 @@ use std::process::Command;
 const PEARVISOR: &str = env!("CARGO_BIN_EXE_pearvisor");
 
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(PEARVISOR).args(args).output().expect("run pearvisor");
+    let out = Command::new(PEARVISOR)
+        .args(args)
+        .output()
+        .expect("run pearvisor");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -36,7 +39,10 @@ fn a_file_that_is_not_a_kernel_is_refused() {
 fn missing_files_name_the_path() {
     let (rc, err) = run(&["run", "--kernel", "/nonexistent/vmlinuz"]);
     assert_eq!(rc, 1);
-    assert!(err.contains("kernel '/nonexistent/vmlinuz' is not readable"), "{err}");
+    assert!(
+        err.contains("kernel '/nonexistent/vmlinuz' is not readable"),
+        "{err}"
+    );
     let kernel = temp("kernel-hdr", &bzimage_header());
     let (rc, err) = run(&[
         "run",
@@ -46,8 +52,17 @@ fn missing_files_name_the_path() {
         "/nonexistent/initrd.img",
     ]);
     assert_eq!(rc, 1);
-    assert!(err.contains("initrd '/nonexistent/initrd.img' is not readable"), "{err}");
-    let (rc, err) = run(&["run", "--kernel", kernel.to_str().unwrap(), "--disk", "path=/nonexistent/d.img"]);
+    assert!(
+        err.contains("initrd '/nonexistent/initrd.img' is not readable"),
+        "{err}"
+    );
+    let (rc, err) = run(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--disk",
+        "path=/nonexistent/d.img",
+    ]);
     assert_eq!(rc, 1);
     assert!(err.contains("cannot open '/nonexistent/d.img'"), "{err}");
     let _ = std::fs::remove_file(kernel);
@@ -95,7 +110,10 @@ fn a_pvm_only_host_is_explained() {
     let kernel = temp("kernel-hdr3", &bzimage_header());
     let (rc, err) = run(&["run", "--kernel", kernel.to_str().unwrap()]);
     assert_eq!(rc, 1);
-    assert!(err.contains("kvm_pvm without hardware virtualization"), "{err}");
+    assert!(
+        err.contains("kvm_pvm without hardware virtualization"),
+        "{err}"
+    );
     assert!(err.contains("nested"), "says what to do instead: {err}");
     let _ = std::fs::remove_file(kernel);
 }

@@ -129,7 +129,11 @@ fn scenario(script: &str, extra: &[(&Path, &str)]) -> String {
 
 /// The value of the first `KEY=value` line after `after` (a marker line, or "").
 fn value<'a>(log: &'a str, after: &str, key: &str) -> Option<&'a str> {
-    let start = if after.is_empty() { 0 } else { log.find(after)? };
+    let start = if after.is_empty() {
+        0
+    } else {
+        log.find(after)?
+    };
     let prefix = format!("{key}=");
     log[start..]
         .lines()
@@ -155,13 +159,20 @@ echo "PV-RC=$?"
     assert!(log.contains(READY), "no userspace marker:\n{log}");
     assert_eq!(value(&log, "", "PV-NPROC"), Some("1"), "{log}");
     let kb: u64 = value(&log, "", "PV-MEMTOTAL-KB").unwrap().parse().unwrap();
-    assert!((200_000..=262_144).contains(&kb), "MemTotal {kb} kB for 256M:\n{log}");
+    assert!(
+        (200_000..=262_144).contains(&kb),
+        "MemTotal {kb} kB for 256M:\n{log}"
+    );
     assert_eq!(value(&log, "", "PV-HWRNG"), Some("virtio_rng.0"), "{log}");
     let hex = value(&log, "", "PV-RANDOM-HEX").unwrap();
     assert_eq!(hex.len(), 32, "16 random bytes from virtio-rng:\n{log}");
     assert_ne!(hex, "00000000000000000000000000000000");
     assert_eq!(value(&log, "", "PV-PCI-VIRTIO"), Some("1"), "{log}");
-    assert_eq!(value(&log, "", "PV-RC"), Some("0"), "poweroff exits 0:\n{log}");
+    assert_eq!(
+        value(&log, "", "PV-RC"),
+        Some("0"),
+        "poweroff exits 0:\n{log}"
+    );
 }
 
 #[test]
@@ -178,7 +189,10 @@ echo "PV-RC=$?"
     assert_eq!(value(&log, "", "PV-NPROC"), Some("2"), "{log}");
     assert_eq!(value(&log, "", "PV-ONLINE"), Some("0-1"), "{log}");
     let kb: u64 = value(&log, "", "PV-MEMTOTAL-KB").unwrap().parse().unwrap();
-    assert!((900_000..=1_048_576).contains(&kb), "MemTotal {kb} kB for 1G:\n{log}");
+    assert!(
+        (900_000..=1_048_576).contains(&kb),
+        "MemTotal {kb} kB for 1G:\n{log}"
+    );
     assert_eq!(value(&log, "", "PV-RC"), Some("0"), "{log}");
 }
 
@@ -200,14 +214,30 @@ echo "HOST-RW-AT-4096=$(dd if=rw.img bs=512 skip=8 count=1 2>/dev/null | head -c
     let before = value(&log, "", "HOST-RO-MD5-BEFORE").expect("host md5");
     assert!(log.contains(READY), "no userspace marker:\n{log}");
     assert_eq!(value(&log, "", "PV-VDA-SECTORS"), Some("16384"), "{log}");
-    assert_eq!(value(&log, "", "PV-VDA-MD5"), Some(before), "guest reads the disk:\n{log}");
+    assert_eq!(
+        value(&log, "", "PV-VDA-MD5"),
+        Some(before),
+        "guest reads the disk:\n{log}"
+    );
     assert_eq!(value(&log, "", "PV-VDA-RO"), Some("1"), "{log}");
     assert_eq!(value(&log, "", "PV-VDA-WRITE"), Some("refused"), "{log}");
-    assert_eq!(value(&log, "", "PV-VDB-SERIAL"), Some("pv-data-disk"), "{log}");
+    assert_eq!(
+        value(&log, "", "PV-VDB-SERIAL"),
+        Some("pv-data-disk"),
+        "{log}"
+    );
     assert_eq!(value(&log, "", "PV-VDB-WRITE"), Some("ok"), "{log}");
-    assert_eq!(value(&log, "", "PV-VDB-READBACK"), Some("PEARVISOR-WROTE-THIS"), "{log}");
+    assert_eq!(
+        value(&log, "", "PV-VDB-READBACK"),
+        Some("PEARVISOR-WROTE-THIS"),
+        "{log}"
+    );
     assert_eq!(value(&log, "", "PV-RC"), Some("0"), "{log}");
-    assert_eq!(value(&log, "", "HOST-RO-MD5-AFTER"), Some(before), "read-only disk changed");
+    assert_eq!(
+        value(&log, "", "HOST-RO-MD5-AFTER"),
+        Some(before),
+        "read-only disk changed"
+    );
     assert_eq!(
         value(&log, "", "HOST-RW-AT-4096"),
         Some("PEARVISOR-WROTE-THIS"),
@@ -235,12 +265,19 @@ echo "HOST-DONE"
     );
     let run1 = &log[log.find("HOST-RUN-1").expect("run 1")..log.find("HOST-RUN-2").expect("run 2")];
     assert!(run1.contains("PV-FIRST-BOOT-REBOOTING"), "{log}");
-    assert!(!run1.contains("PV-SECOND-BOOT"), "--no-reboot must not restart:\n{log}");
+    assert!(
+        !run1.contains("PV-SECOND-BOOT"),
+        "--no-reboot must not restart:\n{log}"
+    );
     assert_eq!(value(&log, "", "PV-RC-NO-REBOOT"), Some("0"), "{log}");
     let run2 = &log[log.find("HOST-RUN-2").unwrap()..log.find("HOST-DONE").expect("done")];
     assert_eq!(count(run2, READY), 2, "the guest boots twice:\n{log}");
     assert!(run2.contains("PV-SECOND-BOOT"), "{log}");
-    assert_eq!(value(&log, "HOST-RUN-2", "PV-RC-REBOOT"), Some("0"), "{log}");
+    assert_eq!(
+        value(&log, "HOST-RUN-2", "PV-RC-REBOOT"),
+        Some("0"),
+        "{log}"
+    );
 }
 
 /// Decompresses the vmlinux inside a bzImage (zstd payload, as Debian builds it).
@@ -253,7 +290,11 @@ fn extract_vmlinux(bzimage: &Path) -> PathBuf {
     let word = |o: usize| u32::from_le_bytes([d[o], d[o + 1], d[o + 2], d[o + 3]]) as usize;
     let start = (setup_sects + 1) * 512 + word(0x248);
     let payload = &d[start..start + word(0x24c)];
-    assert_eq!(&payload[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd-compressed kernel");
+    assert_eq!(
+        &payload[..4],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+        "a zstd-compressed kernel"
+    );
     // The kernel appends the decompressed size after the zstd frame.
     let mut frame = &payload[..payload.len() - 4];
     let mut dec = ruzstd::decoding::StreamingDecoder::new(&mut frame).unwrap();

@@ -240,8 +240,32 @@ fn segment(selector: u16, entry: u64) -> kvm_segment {
     }
 }
 
-/// Writes the GDT and, for 64-bit entry, identity page tables for 4 GiB.
+/// Real-mode code at the reset vector. There is no BIOS: a CPU that the
+/// guest resets (INIT to the boot CPU, as Linux's reboot path can do) lands
+/// here and asks the VMM for a machine reset through the ACPI reset
+/// register, so a guest-initiated CPU reset becomes a VM reset.
+pub fn reset_vector_stub() -> [u8; 16] {
+    let [port_lo, port_hi] = ACPI_RESET_PORT.to_le_bytes();
+    let mut stub = [0x90u8; 16]; // nop
+    stub[..9].copy_from_slice(&[
+        0xb0,
+        ACPI_RESET_VALUE, // mov al, reset value
+        0xba,
+        port_lo,
+        port_hi, // mov dx, reset port
+        0xee,    // out dx, al
+        0xf4,    // hlt
+        0xeb,
+        0xfd, // jmp back to hlt
+    ]);
+    stub
+}
+
+/// Writes the GDT, the reset-vector stub and, for 64-bit entry, identity
+/// page tables for 4 GiB.
 pub fn write_boot_tables(mem: &GuestMemory) -> Result<(), CpuError> {
+    mem.write_slice(&reset_vector_stub(), GuestAddress(RESET_VECTOR))
+        .map_err(CpuError::Memory)?;
     for (i, e) in GDT.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(GDT_START + 8 * i as u64))
             .map_err(CpuError::Memory)?;
@@ -395,6 +419,24 @@ mod tests {
         assert_eq!((cs32.l, cs32.db), (0, 1));
         let ds = segment(0x18, GDT[3]);
         assert_eq!((ds.type_, ds.s, ds.limit), (3, 1, 0xffff_ffff));
+    }
+
+    #[test]
+    fn reset_vector_stub_writes_the_acpi_reset_register() {
+        let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
+        write_boot_tables(&mem).unwrap();
+        let mut stub = [0u8; 16];
+        mem.read_slice(&mut stub, GuestAddress(RESET_VECTOR))
+            .unwrap();
+        // mov al, ACPI_RESET_VALUE; mov dx, ACPI_RESET_PORT; out dx, al; hlt
+        assert_eq!(stub[..2], [0xb0, ACPI_RESET_VALUE]);
+        assert_eq!(stub[2], 0xba);
+        assert_eq!(u16::from_le_bytes([stub[3], stub[4]]), ACPI_RESET_PORT);
+        assert_eq!(stub[5..7], [0xee, 0xf4]);
+        assert!(
+            RESET_VECTOR >= ACPI_END,
+            "the stub is outside the ACPI tables"
+        );
     }
 
     #[test]

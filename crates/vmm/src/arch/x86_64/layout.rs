@@ -7,6 +7,7 @@
 //! 0x0000_9000  page tables (PML4, PDPT, 4 x PD: identity map of 4 GiB)
 //! 0x0002_0000  kernel command line (up to 64 KiB)
 //! 0x0009_fc00  EBDA (reserved)     0x000e_0000 ACPI tables (RSDP first)
+//! 0x000f_fff0  reset vector: a stub that asks the VMM for a machine reset
 //! 0x0010_0000  kernel; RAM continues to min(size, 3 GiB)
 //! 0xc000_0000  PCI 32-bit MMIO window (512 MiB)
 //! 0xe000_0000  PCI ECAM (MMCONFIG), one bus
@@ -33,7 +34,9 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables region; RSDP at its start.
 pub const ACPI_START: u64 = 0xe0000;
 /// End of the ACPI tables region.
-pub const ACPI_END: u64 = 0x10_0000;
+pub const ACPI_END: u64 = 0xf_0000;
+/// The x86 reset vector (F000:FFF0): where a CPU starts after RESET/INIT.
+pub const RESET_VECTOR: u64 = 0xf_fff0;
 /// Where the kernel is loaded (1 MiB).
 pub const HIMEM_START: u64 = 0x10_0000;
 
