@@ -59,9 +59,33 @@ pub fn validate_size(size: u64) -> Result<(), MemoryError> {
     Ok(())
 }
 
-/// Maps `size` bytes of guest RAM (not validated against the host).
+/// Maps `size` bytes of guest RAM (not validated against the host) and asks
+/// for transparent huge pages: with 2 MiB host pages the guest takes 512
+/// times fewer second-level page faults while it first touches its memory
+/// (the kernel decompressing itself, for one), and the TLB covers more.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemory, MemoryError> {
-    GuestMemory::from_ranges(&ram_ranges(size)).map_err(MemoryError::Mmap)
+    let mem = GuestMemory::from_ranges(&ram_ranges(size)).map_err(MemoryError::Mmap)?;
+    for region in mem.iter() {
+        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        // SAFETY: the range is exactly the region's own anonymous mapping;
+        // MADV_HUGEPAGE only changes how the kernel backs it.
+        let rc = unsafe {
+            libc::madvise(
+                host.cast::<libc::c_void>(),
+                region.len() as usize,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+        if rc != 0 {
+            log::debug!(
+                "guest memory: no transparent huge pages: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(mem)
 }
 
 /// Highest guest RAM address + 1.

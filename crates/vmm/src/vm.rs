@@ -7,7 +7,7 @@
 //! out of `KVM_RUN`.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -152,6 +152,7 @@ pub struct Machine {
     console: ConsoleInput,
     power_button: PowerButton,
     block_metrics: Vec<Arc<BlockMetrics>>,
+    vcpu_metrics: Vec<Arc<VcpuMetrics>>,
     _pci_devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
 }
 
@@ -342,6 +343,7 @@ impl Machine {
             console,
             power_button,
             block_metrics,
+            vcpu_metrics: (0..config.cpus).map(|_| Arc::default()).collect(),
             _pci_devices: pci_devices,
         })
     }
@@ -354,6 +356,11 @@ impl Machine {
     /// Block device counters, one per disk.
     pub fn block_metrics(&self) -> &[Arc<BlockMetrics>] {
         &self.block_metrics
+    }
+
+    /// Exit counters, one per vCPU.
+    pub fn vcpu_metrics(&self) -> &[Arc<VcpuMetrics>] {
+        &self.vcpu_metrics
     }
 
     /// Presses the ACPI power button.
@@ -373,6 +380,7 @@ impl Machine {
                 mmio_bus: self.mmio_bus.clone(),
                 exit: self.exit.clone(),
                 stop: stop.clone(),
+                metrics: self.vcpu_metrics[id].clone(),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -413,30 +421,103 @@ pub struct VcpuContext {
     pub mmio_bus: Arc<Bus>,
     pub exit: Arc<ExitSignal>,
     pub stop: Arc<AtomicBool>,
+    pub metrics: Arc<VcpuMetrics>,
+}
+
+/// Exits of one vCPU by reason, readable while it runs.
+#[derive(Debug, Default)]
+pub struct VcpuMetrics {
+    pub io_in: AtomicU64,
+    pub io_out: AtomicU64,
+    pub mmio_read: AtomicU64,
+    pub mmio_write: AtomicU64,
+    /// Accesses no device claimed.
+    pub unclaimed: AtomicU64,
+    /// Runs interrupted by a signal.
+    pub interrupted: AtomicU64,
+}
+
+impl VcpuMetrics {
+    /// All exits counted so far.
+    pub fn total(&self) -> u64 {
+        [
+            &self.io_in,
+            &self.io_out,
+            &self.mmio_read,
+            &self.mmio_write,
+            &self.interrupted,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .sum()
+    }
+}
+
+/// With debug logging: exits per (kind, address), printed when the vCPU stops.
+#[derive(Default)]
+struct ExitProfile(Option<std::collections::HashMap<(&'static str, u64), u64>>);
+
+impl ExitProfile {
+    fn new() -> Self {
+        Self(log::log_enabled!(log::Level::Debug).then(Default::default))
+    }
+
+    fn count(&mut self, kind: &'static str, addr: u64) {
+        if let Some(map) = self.0.as_mut() {
+            *map.entry((kind, addr)).or_default() += 1;
+        }
+    }
+
+    fn report(&self, id: usize) {
+        let Some(map) = &self.0 else { return };
+        let mut top: Vec<_> = map.iter().collect();
+        top.sort_by(|a, b| b.1.cmp(a.1));
+        for ((kind, addr), n) in top.into_iter().take(12) {
+            log::debug!("vcpu-{id}: {n} {kind} exits at {addr:#x}");
+        }
+    }
 }
 
 impl VcpuContext {
     /// Runs `vcpu` until it stops or `stop` is set.
     pub fn run(self, mut vcpu: Box<dyn Vcpu>) {
+        let m = self.metrics.clone();
+        let mut profile = ExitProfile::new();
         while !self.stop.load(Ordering::Acquire) {
             match vcpu.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    m.io_in.fetch_add(1, Ordering::Relaxed);
+                    profile.count("pio-in", u64::from(port));
                     if !self.io_bus.read(u64::from(port), data) {
+                        m.unclaimed.fetch_add(1, Ordering::Relaxed);
                         data.fill(0xff);
                     }
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
-                    self.io_bus.write(u64::from(port), data);
+                    m.io_out.fetch_add(1, Ordering::Relaxed);
+                    profile.count("pio-out", u64::from(port));
+                    if !self.io_bus.write(u64::from(port), data) {
+                        m.unclaimed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    m.mmio_read.fetch_add(1, Ordering::Relaxed);
+                    profile.count("mmio-read", addr & !0xfff);
                     if !self.mmio_bus.read(addr, data) {
+                        m.unclaimed.fetch_add(1, Ordering::Relaxed);
                         data.fill(0xff);
                     }
                 }
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    self.mmio_bus.write(addr, data);
+                    m.mmio_write.fetch_add(1, Ordering::Relaxed);
+                    profile.count("mmio-write", addr & !0xfff);
+                    if !self.mmio_bus.write(addr, data) {
+                        m.unclaimed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-                Ok(VcpuExit::Interrupted) => {}
+                Ok(VcpuExit::Interrupted) => {
+                    m.interrupted.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(VcpuExit::Hlt) => {
                     log::info!("vcpu-{}: halted", self.id);
                     self.exit.set(VmExitReason::PowerOff);
@@ -465,6 +546,17 @@ impl VcpuContext {
                 }
             }
         }
+        log::info!(
+            "vcpu-{}: {} exits ({} port in, {} port out, {} mmio read, {} mmio write, {} unclaimed)",
+            self.id,
+            m.total(),
+            m.io_in.load(Ordering::Relaxed),
+            m.io_out.load(Ordering::Relaxed),
+            m.mmio_read.load(Ordering::Relaxed),
+            m.mmio_write.load(Ordering::Relaxed),
+            m.unclaimed.load(Ordering::Relaxed),
+        );
+        profile.report(self.id);
     }
 }
 

@@ -2,13 +2,13 @@
 //! driven through the VMM's own vCPU loop and buses. These run on any KVM,
 //! including kvm_pvm without hardware virtualization.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pv_devices::bus::{Bus, BusDevice};
 use pv_vmm::hypervisor::kvm::KvmHypervisor;
 use pv_vmm::hypervisor::Vm;
-use pv_vmm::vm::{ExitSignal, VcpuContext, VmExitReason};
+use pv_vmm::vm::{ExitSignal, VcpuContext, VcpuMetrics, VmExitReason};
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     MemoryRegionAddress,
@@ -44,7 +44,7 @@ fn probe(value: u8) -> (Arc<Mutex<Probe>>, Writes) {
 }
 
 /// Runs `code` at 0x1000 in real mode with 64 KiB of RAM until it halts.
-fn run_guest(code: &[u8], io_bus: Arc<Bus>, mmio_bus: Arc<Bus>) -> VmExitReason {
+fn run_guest(code: &[u8], io_bus: Arc<Bus>, mmio_bus: Arc<Bus>) -> (VmExitReason, Arc<VcpuMetrics>) {
     assert!(
         std::path::Path::new("/dev/kvm").exists(),
         "tier-2 tests need /dev/kvm (any KVM, kvm_pvm included)"
@@ -69,19 +69,21 @@ fn run_guest(code: &[u8], io_bus: Arc<Bus>, mmio_bus: Arc<Bus>) -> VmExitReason 
     })
     .unwrap();
     let exit = Arc::new(ExitSignal::new().unwrap());
+    let metrics = Arc::new(VcpuMetrics::default());
     let ctx = VcpuContext {
         id: 0,
         io_bus,
         mmio_bus,
         exit: exit.clone(),
         stop: Arc::new(AtomicBool::new(false)),
+        metrics: metrics.clone(),
     };
     let t = std::thread::spawn(move || ctx.run(vcpu));
     let reason = exit.wait();
     t.join().unwrap();
     drop(vm);
     drop(mem);
-    reason
+    (reason, metrics)
 }
 
 #[test]
@@ -108,8 +110,11 @@ fn port_io_in_and_out_reach_the_bus_and_hlt_stops() {
     let (answer, _) = probe(b'A');
     io.insert(console, 0x3f8, 8).unwrap();
     io.insert(answer, 0x500, 1).unwrap();
-    let reason = run_guest(&code, io, Arc::new(Bus::new()));
+    let (reason, m) = run_guest(&code, io, Arc::new(Bus::new()));
     assert_eq!(reason, VmExitReason::PowerOff, "hlt ends the run");
+    assert_eq!(m.io_out.load(Ordering::Relaxed), 4);
+    assert_eq!(m.io_in.load(Ordering::Relaxed), 2);
+    assert_eq!(m.unclaimed.load(Ordering::Relaxed), 1, "port 0x600 has no device");
     let bytes: Vec<u8> = written
         .lock()
         .unwrap()
@@ -132,8 +137,10 @@ fn mmio_reads_and_writes_outside_ram_reach_the_bus() {
     let mmio = Arc::new(Bus::new());
     let (dev, written) = probe(0x5a);
     mmio.insert(dev, 0x10000, 0x100).unwrap();
-    let reason = run_guest(&code, Arc::new(Bus::new()), mmio);
+    let (reason, m) = run_guest(&code, Arc::new(Bus::new()), mmio);
     assert_eq!(reason, VmExitReason::PowerOff);
+    assert_eq!(m.mmio_read.load(Ordering::Relaxed), 1);
+    assert_eq!(m.mmio_write.load(Ordering::Relaxed), 2);
     assert_eq!(
         *written.lock().unwrap(),
         vec![(1, vec![0x5a]), (4, vec![0x34, 0x12])]
