@@ -17,12 +17,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod hostvirt;
 pub mod ldd;
 pub mod machine;
 pub mod qemu;
 
-pub use hostvirt::{host_virtualization, HostVirt};
+/// The host's virtualization support (the VMM's own detection).
+pub use pv_vmm::hypervisor::kvm::HostKvm as HostVirt;
+
+/// What this host offers: hardware virtualization, kvm_pvm only, or nothing.
+pub fn host_virtualization() -> HostVirt {
+    HostVirt::detect()
+}
 pub use machine::{
     parse_l1_rc, NestedMachine, NestedOutput, TestkitError, L1_KVM_READY, L1_NO_KVM, L1_TEST_EXIT,
     L2_INITRD, L2_KERNEL,

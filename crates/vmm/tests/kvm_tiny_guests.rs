@@ -44,7 +44,11 @@ fn probe(value: u8) -> (Arc<Mutex<Probe>>, Writes) {
 }
 
 /// Runs `code` at 0x1000 in real mode with 64 KiB of RAM until it halts.
-fn run_guest(code: &[u8], io_bus: Arc<Bus>, mmio_bus: Arc<Bus>) -> (VmExitReason, Arc<VcpuMetrics>) {
+fn run_guest(
+    code: &[u8],
+    io_bus: Arc<Bus>,
+    mmio_bus: Arc<Bus>,
+) -> (VmExitReason, Arc<VcpuMetrics>) {
     assert!(
         std::path::Path::new("/dev/kvm").exists(),
         "tier-2 tests need /dev/kvm (any KVM, kvm_pvm included)"
@@ -114,7 +118,11 @@ fn port_io_in_and_out_reach_the_bus_and_hlt_stops() {
     assert_eq!(reason, VmExitReason::PowerOff, "hlt ends the run");
     assert_eq!(m.io_out.load(Ordering::Relaxed), 4);
     assert_eq!(m.io_in.load(Ordering::Relaxed), 2);
-    assert_eq!(m.unclaimed.load(Ordering::Relaxed), 1, "port 0x600 has no device");
+    assert_eq!(
+        m.unclaimed.load(Ordering::Relaxed),
+        1,
+        "port 0x600 has no device"
+    );
     let bytes: Vec<u8> = written
         .lock()
         .unwrap()

@@ -40,21 +40,32 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The shell script that runs both VMMs; `$PV`, `$BENCH`, `$L2` are set by the caller.
+/// The shell script that runs both VMMs, alternating, with the host's page
+/// cache dropped and memory compacted before every boot (the first VM after
+/// a compaction gets transparent huge pages; later ones might not);
+/// `$PV`, `$BENCH`, `$L2`, `$QEMU_DATA` are set by the caller.
 fn script(runs: u32) -> String {
     format!(
         r#"
 echo "BENCH-HOST $(uname -r) $(grep -c ^processor /proc/cpuinfo) cpu(s)"
-$BENCH --runs {runs} --label pearvisor -- $PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img \
-    --cmdline "{CMDLINE}" --cpus 1 --memory 512M --no-reboot
-$BENCH --runs {runs} --label qemu-microvm -- qemu-system-x86_64 \
-    -M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on -bios $QEMU_DATA/qboot.rom \
-    -accel kvm -cpu host -smp 1 -m 512M -nodefaults -no-user-config -display none -serial stdio -no-reboot \
-    -kernel $L2/vmlinuz -initrd $L2/initrd.img -append "{CMDLINE}"
+settle() {{ sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null; echo 1 > /proc/sys/vm/compact_memory 2>/dev/null; sleep 1; }}
+i=0
+while [ $i -lt {runs} ]; do
+  settle
+  $BENCH --runs 1 --label pearvisor -- $PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img \
+      --cmdline "{CMDLINE}" --cpus 1 --memory 512M --no-reboot
+  settle
+  $BENCH --runs 1 --label qemu-microvm -- qemu-system-x86_64 \
+      -M microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on -bios $QEMU_DATA/qboot.rom \
+      -accel kvm -cpu host -smp 1 -m 512M -nodefaults -no-user-config -display none -serial stdio -no-reboot \
+      -kernel $L2/vmlinuz -initrd $L2/initrd.img -append "{CMDLINE}"
+  i=$((i + 1))
+done
 "#
     )
 }
 
+/// Medians over the `RUN <label> ...` lines of `pv-bench`.
 #[derive(Debug, Default, Clone)]
 struct Summary {
     marker_ms: f64,
@@ -63,24 +74,45 @@ struct Summary {
     rss_kib: f64,
 }
 
-fn field(json: &str, key: &str) -> f64 {
-    let pat = format!("\"{key}\":");
-    json.find(&pat)
-        .map(|i| &json[i + pat.len()..])
-        .and_then(|r| r.split([',', '}']).next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(f64::NAN)
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The number after `key` in a run line, e.g. `marker 7323 ms`.
+fn number_after(line: &str, key: &str) -> Option<f64> {
+    let mut words = line.split([' ', ',']).filter(|w| !w.is_empty());
+    while let Some(w) = words.next() {
+        if w == key {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
 }
 
 fn summary(log: &str, label: &str) -> Option<Summary> {
-    let line = log
+    let prefix = format!("RUN {label} ");
+    let runs: Vec<&str> = log
         .lines()
-        .find(|l| l.starts_with("BENCH {") && l.contains(&format!("\"label\":\"{label}\"")))?;
+        .filter(|l| l.starts_with(&prefix) && !l.contains("FAILED"))
+        .collect();
+    if runs.is_empty()
+        || log
+            .lines()
+            .any(|l| l.starts_with(&prefix) && l.contains("FAILED"))
+    {
+        return None;
+    }
+    let col = |key: &str| median(runs.iter().filter_map(|l| number_after(l, key)).collect());
     Some(Summary {
-        marker_ms: field(line, "marker_ms"),
-        exit_ms: field(line, "exit_ms"),
-        overhead_kib: field(line, "overhead_kib"),
-        rss_kib: field(line, "rss_kib"),
+        marker_ms: col("marker"),
+        exit_ms: col("exit"),
+        rss_kib: col("rss"),
+        overhead_kib: col("overhead"),
     })
 }
 
@@ -93,10 +125,14 @@ fn main() -> Result<()> {
     let bench = sibling("pv-bench")?;
     for p in [&pearvisor, &bench] {
         if !p.is_file() {
-            bail!("{} not found: build with `cargo build --release --workspace --bins`", p.display());
+            bail!(
+                "{} not found: build with `cargo build --release --workspace --bins`",
+                p.display()
+            );
         }
     }
-    let qemu = which("qemu-system-x86_64").context("qemu-system-x86_64 is not installed (scripts/setup-host.sh)")?;
+    let qemu = which("qemu-system-x86_64")
+        .context("qemu-system-x86_64 is not installed (scripts/setup-host.sh)")?;
     let image = pv_image::build_default_image(Default::default())?;
     let log = match host_virtualization() {
         HostVirt::Hardware => {
@@ -116,14 +152,16 @@ fn main() -> Result<()> {
             String::from_utf8_lossy(&out.stdout).into_owned()
         }
         _ => {
-            eprintln!("bench: no hardware virtualization here; measuring inside the nested machine");
+            eprintln!(
+                "bench: no hardware virtualization here; measuring inside the nested machine"
+            );
             let out = NestedMachine::new()
                 .binary(&pearvisor)
                 .binary(&bench)
                 .binary(&qemu)
                 .dir(Path::new("/usr/share/qemu"), "/usr/share/qemu")
                 .guest_image(&image)
-                .timeout(Duration::from_secs(60 + u64::from(args.runs) * 80))
+                .timeout(Duration::from_secs(60 + u64::from(args.runs) * 90))
                 .script(format!(
                     "PV=pearvisor\nBENCH=pv-bench\nL2=/l2\nQEMU_DATA=/usr/share/qemu\n{}",
                     script(args.runs)
@@ -132,14 +170,20 @@ fn main() -> Result<()> {
             out.log
         }
     };
-    for line in log.lines().filter(|l| l.starts_with("RUN ") || l.starts_with("BENCH-HOST")) {
+    for line in log
+        .lines()
+        .filter(|l| l.starts_with("RUN ") || l.starts_with("BENCH-HOST"))
+    {
         println!("{line}");
     }
     let (Some(pv), Some(qemu)) = (summary(&log, "pearvisor"), summary(&log, "qemu-microvm")) else {
         bail!("a benchmark run failed; log tail:\n{}", tail(&log, 40));
     };
     println!();
-    println!("| median of {} boots | PearVisor | QEMU microvm | PearVisor / QEMU |", args.runs);
+    println!(
+        "| median of {} boots | PearVisor | QEMU microvm | PearVisor / QEMU |",
+        args.runs
+    );
     println!("|---|---|---|---|");
     println!(
         "| start → guest userspace | {:.0} ms | {:.0} ms | {:.2} |",

@@ -33,7 +33,9 @@ fn memory_of(pid: u32) -> (u64, u64) {
         let mut f = line.split_whitespace();
         let first = f.next().unwrap_or("");
         if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            let mut bounds = first.split('-').map(|x| u64::from_str_radix(x, 16).unwrap_or(0));
+            let mut bounds = first
+                .split('-')
+                .map(|x| u64::from_str_radix(x, 16).unwrap_or(0));
             let (start, end) = (bounds.next().unwrap_or(0), bounds.next().unwrap_or(0));
             let path = line.split_whitespace().nth(5);
             big_anon = end - start >= GUEST_RAM_MAPPING_MIN && path.is_none();

@@ -23,7 +23,7 @@ pub enum HostKvm {
     /// kvm_pvm without hardware virtualization: only paravirtualized (PVM)
     /// guest kernels run; a stock kernel cannot.
     PvmOnly,
-    /// No /dev/kvm at all.
+    /// No usable /dev/kvm.
     Missing,
 }
 
@@ -33,14 +33,14 @@ impl HostKvm {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         Self::classify(
             Path::new("/dev/kvm").exists(),
-            Path::new("/sys/module/kvm_pvm").exists(),
-            Path::new("/sys/module/kvm_intel").exists()
-                || Path::new("/sys/module/kvm_amd").exists(),
+            |m| Path::new("/sys/module").join(m).exists(),
             &cpuinfo,
         )
     }
 
-    fn classify(dev_kvm: bool, pvm: bool, hw_module: bool, cpuinfo: &str) -> Self {
+    /// Classifies from observations: whether /dev/kvm exists, which modules
+    /// are loaded, and /proc/cpuinfo's text.
+    pub fn classify(dev_kvm: bool, module_loaded: impl Fn(&str) -> bool, cpuinfo: &str) -> Self {
         if !dev_kvm {
             return HostKvm::Missing;
         }
@@ -48,27 +48,45 @@ impl HostKvm {
             .lines()
             .filter(|l| l.starts_with("flags"))
             .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-        if pvm && !(hw_flag && hw_module) {
+        let hw_module = module_loaded("kvm_intel") || module_loaded("kvm_amd");
+        if hw_flag && hw_module {
+            HostKvm::Hardware
+        } else if module_loaded("kvm_pvm") {
             HostKvm::PvmOnly
         } else {
-            HostKvm::Hardware
+            HostKvm::Missing
         }
+    }
+
+    /// Whether stock Linux guests can run here.
+    pub fn can_run_guests(self) -> bool {
+        self == HostKvm::Hardware
     }
 
     /// A sentence for the user.
     pub fn describe(self) -> &'static str {
         match self {
-            HostKvm::Hardware => "KVM with hardware virtualization",
+            HostKvm::Hardware => {
+                "hardware virtualization: /dev/kvm is backed by kvm_intel/kvm_amd on a CPU with \
+                 VMX/SVM, so PearVisor runs guests directly"
+            }
             HostKvm::PvmOnly => {
                 "/dev/kvm is kvm_pvm without hardware virtualization (no vmx/svm): it runs only \
                  PVM-patched guest kernels, not a stock kernel. Run PearVisor inside the nested \
-                 test machine instead (scripts/run.sh does this), or on a host with VT-x/AMD-V"
+                 test machine instead (scripts/run.sh and the tests do this: QEMU/TCG with an \
+                 emulated AMD SVM CPU), or on a host with VT-x/AMD-V"
             }
             HostKvm::Missing => {
-                "/dev/kvm does not exist: load kvm_intel or kvm_amd, or run on a host with \
-                 hardware virtualization"
+                "no usable /dev/kvm: load kvm_intel or kvm_amd on a host with VT-x/AMD-V, or \
+                 use the nested test machine (scripts/run.sh)"
             }
         }
+    }
+}
+
+impl std::fmt::Display for HostKvm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.describe())
     }
 }
 
@@ -344,16 +362,28 @@ mod tests {
     fn classifies_host_kvm() {
         let amd = "flags\t\t: fpu vme svm sse\n";
         let plain = "flags\t\t: fpu vme sse\n";
+        let loaded = |list: &'static [&'static str]| move |m: &str| list.contains(&m);
         assert_eq!(
-            HostKvm::classify(false, false, false, amd),
+            HostKvm::classify(false, loaded(&["kvm_amd"]), amd),
             HostKvm::Missing
         );
         assert_eq!(
-            HostKvm::classify(true, true, false, plain),
+            HostKvm::classify(true, loaded(&["kvm_pvm"]), plain),
             HostKvm::PvmOnly
         );
-        assert_eq!(HostKvm::classify(true, false, true, amd), HostKvm::Hardware);
-        assert_eq!(HostKvm::classify(true, true, true, amd), HostKvm::Hardware);
+        assert_eq!(
+            HostKvm::classify(true, loaded(&["kvm_amd"]), amd),
+            HostKvm::Hardware
+        );
+        assert_eq!(
+            HostKvm::classify(true, loaded(&["kvm_pvm", "kvm_amd"]), amd),
+            HostKvm::Hardware
+        );
+        assert_eq!(
+            HostKvm::classify(true, loaded(&["kvm_amd"]), plain),
+            HostKvm::Missing
+        );
+        assert!(HostKvm::PvmOnly.describe().contains("nested"));
     }
 
     #[test]

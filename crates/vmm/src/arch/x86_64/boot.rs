@@ -401,6 +401,67 @@ mod tests {
         ));
     }
 
+    /// A minimal bzImage: a setup header (protocol 2.15, loaded high) and a
+    /// 4 KiB payload of 0xAB.
+    fn fake_bzimage() -> Vec<u8> {
+        let mut v = vec![0u8; 5 * 512];
+        v[0x1f1] = 4; // setup_sects
+        v[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        v[0x202..0x206].copy_from_slice(b"HdrS");
+        v[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        v[0x211] = 1; // LOADED_HIGH
+        v[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        v[0x22c..0x230].copy_from_slice(&0x37ff_ffffu32.to_le_bytes());
+        v.extend(std::iter::repeat_n(0xab, 4096));
+        v
+    }
+
+    #[test]
+    fn bzimage_zero_page_has_cmdline_initrd_e820_and_rsdp() {
+        let mem = create_guest_memory(128 << 20).unwrap();
+        let kernel = temp_file("fakebz", &fake_bzimage());
+        let initrd = temp_file("fakerd", &[0x5a; 3000]);
+        let entry = load_kernel(
+            &mem,
+            &BootSpec {
+                kernel: &kernel,
+                initrd: Some(&initrd),
+                cmdline: "console=ttyS0 quiet",
+                rsdp: GuestAddress(ACPI_START),
+            },
+        )
+        .unwrap();
+        assert_eq!(entry.mode, EntryMode::Linux64);
+        assert_eq!(entry.entry, GuestAddress(HIMEM_START + 0x200));
+        let payload: u8 = mem.read_obj(GuestAddress(HIMEM_START)).unwrap();
+        assert_eq!(payload, 0xab);
+        let zp: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        let hdr = zp.hdr;
+        assert_eq!(hdr.type_of_loader, 0xff);
+        assert_eq!(hdr.cmd_line_ptr as u64, CMDLINE_START);
+        let cmdline_size = hdr.cmdline_size;
+        assert_eq!(cmdline_size, 20, "length with the NUL");
+        let mut cmd = [0u8; 20];
+        mem.read_slice(&mut cmd, GuestAddress(CMDLINE_START))
+            .unwrap();
+        assert_eq!(&cmd, b"console=ttyS0 quiet\0");
+        let ramdisk_size = hdr.ramdisk_size;
+        assert_eq!(ramdisk_size, 3000);
+        let rd: u8 = mem
+            .read_obj(GuestAddress(u64::from(hdr.ramdisk_image)))
+            .unwrap();
+        assert_eq!(rd, 0x5a);
+        let rsdp = zp.acpi_rsdp_addr;
+        assert_eq!(rsdp, ACPI_START);
+        let n = usize::from(zp.e820_entries);
+        assert_eq!(n, e820_map(&mem).len());
+        let first = zp.e820_table[0];
+        let (addr, size, kind) = (first.addr, first.size, first.r#type);
+        assert_eq!((addr, size, kind), (0, EBDA_START, E820_RAM));
+        let _ = std::fs::remove_file(kernel);
+        let _ = std::fs::remove_file(initrd);
+    }
+
     #[test]
     fn initrd_goes_high_and_page_aligned() {
         let mem = create_guest_memory(64 << 20).unwrap();

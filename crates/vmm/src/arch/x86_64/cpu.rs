@@ -240,6 +240,9 @@ fn segment(selector: u16, entry: u64) -> kvm_segment {
     }
 }
 
+// The reset stub must not overlap the ACPI tables.
+const _: () = assert!(RESET_VECTOR >= ACPI_END);
+
 /// Real-mode code at the reset vector. There is no BIOS: a CPU that the
 /// guest resets (INIT to the boot CPU, as Linux's reboot path can do) lands
 /// here and asks the VMM for a machine reset through the ACPI reset
@@ -433,10 +436,6 @@ mod tests {
         assert_eq!(stub[2], 0xba);
         assert_eq!(u16::from_le_bytes([stub[3], stub[4]]), ACPI_RESET_PORT);
         assert_eq!(stub[5..7], [0xee, 0xf4]);
-        assert!(
-            RESET_VECTOR >= ACPI_END,
-            "the stub is outside the ACPI tables"
-        );
     }
 
     #[test]
