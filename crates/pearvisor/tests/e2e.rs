@@ -180,20 +180,32 @@ fn two_vcpus_come_online_and_the_guest_sees_its_memory() {
     let log = scenario(
         r#"
 timeout 240 $PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img --cmdline "$CMDLINE pv.test=info" \
-    --cpus 2 --memory 1G </dev/null
+    --cpus 2 --memory 1G --serial file=serial.log </dev/null > stdout.log
 echo "PV-RC=$?"
+echo "HOST-STDOUT-BYTES=$(wc -c < stdout.log)"
+echo "HOST-SERIAL-FILE-BEGIN"
+cat serial.log
 "#,
         &[],
     );
-    assert!(log.contains(READY), "no userspace marker:\n{log}");
-    assert_eq!(value(&log, "", "PV-NPROC"), Some("2"), "{log}");
-    assert_eq!(value(&log, "", "PV-ONLINE"), Some("0-1"), "{log}");
-    let kb: u64 = value(&log, "", "PV-MEMTOTAL-KB").unwrap().parse().unwrap();
+    assert_eq!(
+        value(&log, "", "HOST-STDOUT-BYTES"),
+        Some("0"),
+        "--serial file= keeps the terminal quiet:\n{log}"
+    );
+    assert_eq!(value(&log, "", "PV-RC"), Some("0"), "{log}");
+    let log = &log[log.find("HOST-SERIAL-FILE-BEGIN").expect("serial file")..];
+    assert!(
+        log.contains(READY),
+        "no userspace marker in the serial file:\n{log}"
+    );
+    assert_eq!(value(log, "", "PV-NPROC"), Some("2"), "{log}");
+    assert_eq!(value(log, "", "PV-ONLINE"), Some("0-1"), "{log}");
+    let kb: u64 = value(log, "", "PV-MEMTOTAL-KB").unwrap().parse().unwrap();
     assert!(
         (900_000..=1_048_576).contains(&kb),
         "MemTotal {kb} kB for 1G:\n{log}"
     );
-    assert_eq!(value(&log, "", "PV-RC"), Some("0"), "{log}");
 }
 
 #[test]
@@ -260,6 +272,11 @@ timeout 240 $PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img --cmdline "$CMD
     --disk path=flag.img </dev/null
 echo "PV-RC-REBOOT=$?"
 echo "HOST-DONE"
+dd if=/dev/zero of=flag.img bs=1M count=1 2>/dev/null
+$PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img --cmdline "$CMDLINE pv.test=reboot reboot=t" \
+    --disk path=flag.img --no-reboot </dev/null 2>err.txt
+echo "PV-RC-TRIPLE=$?"
+echo "HOST-STDERR: $(cat err.txt)"
 "#,
         &[],
     );
@@ -276,6 +293,14 @@ echo "HOST-DONE"
     assert_eq!(
         value(&log, "HOST-RUN-2", "PV-RC-REBOOT"),
         Some("0"),
+        "{log}"
+    );
+    // reboot=t makes Linux reboot by triple fault: a crash for the VMM.
+    assert_eq!(value(&log, "", "PV-RC-TRIPLE"), Some("1"), "{log}");
+    assert!(
+        log.contains(
+            "HOST-STDERR: pearvisor: error: the guest stopped abnormally: vcpu-0 triple-faulted"
+        ),
         "{log}"
     );
 }
@@ -306,12 +331,15 @@ fn extract_vmlinux(bzimage: &Path) -> PathBuf {
 }
 
 #[test]
-fn elf_vmlinux_boots_through_pvh() {
+fn elf_vmlinux_boots_through_pvh_from_a_json_config() {
     let vmlinux = extract_vmlinux(&image().kernel);
     let log = scenario(
         r#"
-timeout 240 $PV run --kernel $L2/vmlinux --initrd $L2/initrd.img --cmdline "$CMDLINE pv.test=info" \
-    --cpus 2 --memory 512M </dev/null
+cat > vm.json <<JSON
+{"kernel": "$L2/vmlinux", "initrd": "$L2/initrd.img", "cmdline": "$CMDLINE pv.test=info",
+ "cpus": 2, "memory": 536870912, "serial": "tty", "reboot": false}
+JSON
+timeout 240 $PV run --config vm.json </dev/null
 echo "PV-RC=$?"
 "#,
         &[(&vmlinux, "vmlinux")],
@@ -319,5 +347,15 @@ echo "PV-RC=$?"
     let _ = std::fs::remove_file(&vmlinux);
     assert!(log.contains(READY), "no userspace marker:\n{log}");
     assert_eq!(value(&log, "", "PV-NPROC"), Some("2"), "{log}");
+    let kb: u64 = value(&log, "", "PV-MEMTOTAL-KB").unwrap().parse().unwrap();
+    assert!(
+        (400_000..=524_288).contains(&kb),
+        "MemTotal {kb} kB for 512M:\n{log}"
+    );
     assert_eq!(value(&log, "", "PV-RC"), Some("0"), "{log}");
+    let kb: u64 = value(&log, "", "PV-MEMTOTAL-KB").unwrap().parse().unwrap();
+    assert!(
+        (400_000..=524_288).contains(&kb),
+        "MemTotal {kb} kB for 512M:\n{log}"
+    );
 }
