@@ -4,11 +4,13 @@
 //! - [`arch`]: x86_64 specifics: memory layout, boot protocols, CPUID, ACPI.
 //! - [`memory`]: guest RAM.
 //! - [`config`]: the VM configuration shared by CLI, JSON file and API.
+//! - [`control`]: the lifecycle state machine the control plane drives.
 //! - [`interrupts`]: irqfd lines and MSI routes.
 //! - [`vm`]: builds a machine from a [`config::VmConfig`] and runs it.
 
 pub mod arch;
 pub mod config;
+pub mod control;
 pub mod hypervisor;
 pub mod interrupts;
 pub mod memory;

@@ -56,6 +56,8 @@ pub enum VmError {
     Bus(#[from] BusError),
     #[error("cannot create an eventfd or thread")]
     Io(#[from] std::io::Error),
+    #[error("the vCPUs did not stop within 5 s")]
+    Pause,
 }
 
 /// Why the machine stopped.
@@ -93,6 +95,14 @@ impl ExitSignal {
             *r = Some(reason);
             let _ = self.fd.write(1);
         }
+    }
+
+    /// Whether a reason was set.
+    pub fn is_set(&self) -> bool {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// Blocks until a reason is set.
@@ -150,10 +160,188 @@ pub struct Machine {
     entry: KernelEntry,
     exit: Arc<ExitSignal>,
     console: ConsoleInput,
-    power_button: PowerButton,
+    power_button: Arc<PowerButton>,
     block_metrics: Vec<Arc<BlockMetrics>>,
     vcpu_metrics: Vec<Arc<VcpuMetrics>>,
-    _pci_devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    vcpu_control: Arc<VcpuControl>,
+    pci_devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
+}
+
+/// Stops, pauses and resumes the vCPU threads of a machine.
+///
+/// A paused vCPU thread parks on a condition variable outside `KVM_RUN`;
+/// threads are kicked out of the guest with a real-time signal, repeatedly,
+/// until they all report parked (a signal landing just before `KVM_RUN`
+/// would otherwise be missed).
+#[derive(Default)]
+pub struct VcpuControl {
+    stop: AtomicBool,
+    pause_requested: AtomicBool,
+    paused: Mutex<bool>,
+    cond: std::sync::Condvar,
+    parked: std::sync::atomic::AtomicUsize,
+    threads: Mutex<Vec<libc::pthread_t>>,
+}
+
+impl VcpuControl {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn register_thread(&self, thread: libc::pthread_t) {
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(thread);
+    }
+
+    fn kick_all(&self) {
+        for &t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            // SAFETY: threads are unregistered before they are joined (see
+            // `Machine::run`), so `t` names a live thread; the kick signal
+            // has a no-op handler.
+            unsafe { libc::pthread_kill(t, kick_signal()) };
+        }
+    }
+
+    /// Whether the vCPUs were told to stop for good.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _g = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        self.cond.notify_all();
+    }
+
+    /// Parks `count` vCPU threads; false if they did not all park within `timeout`.
+    pub fn pause(&self, count: usize, timeout: Duration) -> bool {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.pause_requested.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + timeout;
+        while self.parked.load(Ordering::SeqCst) < count {
+            if std::time::Instant::now() > deadline || self.stopping() {
+                return false;
+            }
+            self.kick_all();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// Lets parked vCPU threads run again.
+    pub fn resume(&self) {
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        *paused = false;
+        self.pause_requested.store(false, Ordering::SeqCst);
+        self.cond.notify_all();
+    }
+
+    /// Called by a vCPU thread between runs: blocks while paused.
+    fn park_while_paused(&self) {
+        if !self.pause_requested.load(Ordering::Acquire) {
+            return;
+        }
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        if !*paused {
+            return;
+        }
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        while *paused && !self.stopping() {
+            paused = self.cond.wait(paused).unwrap_or_else(|e| e.into_inner());
+        }
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What the control plane holds of a running machine: cheap to clone, valid
+/// for one boot.
+#[derive(Clone)]
+pub struct MachineHandle {
+    exit: Arc<ExitSignal>,
+    vcpus: Arc<VcpuControl>,
+    vcpu_count: usize,
+    vm: Arc<dyn Vm>,
+    power_button: Arc<PowerButton>,
+    paused_clock: Arc<Mutex<Option<u64>>>,
+    vcpu_metrics: Vec<Arc<VcpuMetrics>>,
+    devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
+}
+
+impl MachineHandle {
+    /// Stops every vCPU and the guest's clock.
+    pub fn pause(&self) -> Result<(), VmError> {
+        if !self.vcpus.pause(self.vcpu_count, Duration::from_secs(5)) {
+            self.vcpus.resume();
+            return Err(VmError::Pause);
+        }
+        let clock = self.vm.get_clock()?;
+        *self.paused_clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(clock);
+        Ok(())
+    }
+
+    /// Restarts the guest's clock where it stopped, then the vCPUs.
+    pub fn resume(&self) -> Result<(), VmError> {
+        if let Some(clock) = self
+            .paused_clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            self.vm.set_clock(clock)?;
+        }
+        self.vcpus.resume();
+        Ok(())
+    }
+
+    /// Presses the ACPI power button.
+    pub fn press_power_button(&self) -> std::io::Result<()> {
+        self.power_button.press()
+    }
+
+    /// Ends the machine with `reason` (first reason wins).
+    pub fn stop(&self, reason: VmExitReason) {
+        self.exit.set(reason);
+    }
+
+    /// Whether the machine has stopped or is stopping.
+    pub fn stopped(&self) -> bool {
+        self.exit.is_set()
+    }
+
+    /// Exit counters per vCPU.
+    pub fn vcpu_metrics(&self) -> &[Arc<VcpuMetrics>] {
+        &self.vcpu_metrics
+    }
+
+    /// Counters of every virtio device, keyed by device name.
+    pub fn device_counters(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut out = serde_json::Map::new();
+        for dev in &self.devices {
+            let dev = dev.lock().unwrap_or_else(|e| e.into_inner());
+            let t = dev.transport_metrics();
+            let mut m = match dev.device_metrics() {
+                Some(serde_json::Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            };
+            m.insert(
+                "interrupts".into(),
+                t.interrupts.load(Ordering::Relaxed).into(),
+            );
+            m.insert(
+                "notifications".into(),
+                t.notifications.load(Ordering::Relaxed).into(),
+            );
+            out.insert(dev.name().to_string(), serde_json::Value::Object(m));
+        }
+        out
+    }
 }
 
 /// Signal used to kick vCPU threads out of KVM_RUN.
@@ -341,10 +529,11 @@ impl Machine {
             entry,
             exit,
             console,
-            power_button,
+            power_button: Arc::new(power_button),
             block_metrics,
             vcpu_metrics: (0..config.cpus).map(|_| Arc::default()).collect(),
-            _pci_devices: pci_devices,
+            vcpu_control: VcpuControl::new(),
+            pci_devices,
         })
     }
 
@@ -363,15 +552,25 @@ impl Machine {
         &self.vcpu_metrics
     }
 
-    /// Presses the ACPI power button.
-    pub fn press_power_button(&self) -> std::io::Result<()> {
-        self.power_button.press()
+    /// What the control plane needs to drive this machine once it runs.
+    pub fn handle(&self) -> MachineHandle {
+        MachineHandle {
+            exit: self.exit.clone(),
+            vcpus: self.vcpu_control.clone(),
+            vcpu_count: self.vcpu_metrics.len(),
+            vm: self.vm.clone(),
+            power_button: self.power_button.clone(),
+            paused_clock: Arc::default(),
+            vcpu_metrics: self.vcpu_metrics.clone(),
+            devices: self.pci_devices.clone(),
+        }
     }
 
     /// Starts the vCPUs and waits until the machine stops.
     pub fn run(mut self) -> Result<VmExitReason, VmError> {
+        use std::os::unix::thread::JoinHandleExt;
         install_kick_handler();
-        let stop = Arc::new(AtomicBool::new(false));
+        let control = self.vcpu_control.clone();
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {
             let ctx = VcpuContext {
@@ -379,33 +578,38 @@ impl Machine {
                 io_bus: self.io_bus.clone(),
                 mmio_bus: self.mmio_bus.clone(),
                 exit: self.exit.clone(),
-                stop: stop.clone(),
+                control: control.clone(),
                 metrics: self.vcpu_metrics[id].clone(),
             };
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("vcpu-{id}"))
-                    .spawn(move || ctx.run(vcpu))?,
-            );
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu-{id}"))
+                .spawn(move || ctx.run(vcpu))?;
+            control.register_thread(t.as_pthread_t());
+            threads.push(t);
         }
         let reason = self.exit.wait();
-        stop.store(true, Ordering::SeqCst);
-        for t in &threads {
-            use std::os::unix::thread::JoinHandleExt;
-            // Kick until the thread notices the flag (a signal that arrives
-            // just before KVM_RUN would otherwise be missed).
-            for _ in 0..500 {
-                if t.is_finished() {
-                    break;
-                }
-                // SAFETY: the pthread is alive (not yet joined), and the
-                // signal has a handler installed.
-                unsafe { libc::pthread_kill(t.as_pthread_t(), kick_signal()) };
-                std::thread::sleep(Duration::from_millis(2));
+        control.request_stop();
+        // Kick until every thread noticed the flag.
+        for _ in 0..2500 {
+            if threads.iter().all(|t| t.is_finished()) {
+                break;
             }
+            control.kick_all();
+            std::thread::sleep(Duration::from_millis(2));
         }
-        for t in threads {
+        // Only finished threads are joined while registered; a thread still
+        // running here is stuck in the kernel and is left behind.
+        let (done, stuck): (Vec<_>, Vec<_>) = threads.into_iter().partition(|t| t.is_finished());
+        control
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        for t in done {
             let _ = t.join();
+        }
+        if !stuck.is_empty() {
+            log::error!("{} vCPU thread(s) did not stop", stuck.len());
         }
         self.console.attach(None);
         let _ = (&self.vm, &self.mem);
@@ -420,7 +624,7 @@ pub struct VcpuContext {
     pub io_bus: Arc<Bus>,
     pub mmio_bus: Arc<Bus>,
     pub exit: Arc<ExitSignal>,
-    pub stop: Arc<AtomicBool>,
+    pub control: Arc<VcpuControl>,
     pub metrics: Arc<VcpuMetrics>,
 }
 
@@ -483,7 +687,11 @@ impl VcpuContext {
     pub fn run(self, mut vcpu: Box<dyn Vcpu>) {
         let m = self.metrics.clone();
         let mut profile = ExitProfile::new();
-        while !self.stop.load(Ordering::Acquire) {
+        while !self.control.stopping() {
+            self.control.park_while_paused();
+            if self.control.stopping() {
+                break;
+            }
             match vcpu.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     m.io_in.fetch_add(1, Ordering::Relaxed);

@@ -2,13 +2,13 @@
 //! driven through the VMM's own vCPU loop and buses. These run on any KVM,
 //! including kvm_pvm without hardware virtualization.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use pv_devices::bus::{Bus, BusDevice};
 use pv_vmm::hypervisor::kvm::KvmHypervisor;
 use pv_vmm::hypervisor::Vm;
-use pv_vmm::vm::{ExitSignal, VcpuContext, VcpuMetrics, VmExitReason};
+use pv_vmm::vm::{ExitSignal, VcpuContext, VcpuControl, VcpuMetrics, VmExitReason};
 use vm_memory::{
     Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     MemoryRegionAddress,
@@ -79,7 +79,7 @@ fn run_guest(
         io_bus,
         mmio_bus,
         exit: exit.clone(),
-        stop: Arc::new(AtomicBool::new(false)),
+        control: VcpuControl::new(),
         metrics: metrics.clone(),
     };
     let t = std::thread::spawn(move || ctx.run(vcpu));

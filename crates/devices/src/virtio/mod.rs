@@ -66,6 +66,8 @@ pub struct ActivateContext {
     pub interrupt: Arc<dyn Interrupt>,
     /// Features the driver accepted (a subset of [`VirtioDevice::features`]).
     pub acked_features: u64,
+    /// Counts driver notifications (kicks) as the worker consumes them.
+    pub notifications: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Errors a device can report at activation.
@@ -93,6 +95,10 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Starts the device with the driver's queues.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// The device's own counters, as JSON (None: it keeps none).
+    fn metrics(&self) -> Option<serde_json::Value> {
+        None
+    }
     /// Stops the device, returning the kick eventfds so the transport can reuse
     /// them (they stay registered with the hypervisor). Returns `None` when the
     /// device was not active.

@@ -14,7 +14,7 @@
 //! Writing DRIVER_OK activates the device with the queues the driver
 //! enabled; writing 0 to the status resets it and takes the queues back.
 
-use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
@@ -56,8 +56,18 @@ const STATUS_FEATURES_OK: u8 = 8;
 const STATUS_NEEDS_RESET: u8 = 0x40;
 const STATUS_FAILED: u8 = 0x80;
 
+/// Transport counters of one device, readable while it runs.
+#[derive(Debug, Default)]
+pub struct TransportMetrics {
+    /// Interrupts signalled to the driver (config and queue).
+    pub interrupts: AtomicU64,
+    /// Queue notifications (kicks) from the driver.
+    pub notifications: Arc<AtomicU64>,
+}
+
 /// Maps virtio interrupt kinds to MSI-X vectors.
 struct VectorMap {
+    metrics: Arc<TransportMetrics>,
     config: AtomicU16,
     queues: Vec<AtomicU16>,
     isr: AtomicU8,
@@ -80,6 +90,7 @@ impl Interrupt for VectorMap {
             }
         };
         if vector != NO_VECTOR {
+            self.metrics.interrupts.fetch_add(1, Ordering::Relaxed);
             self.msix.trigger(vector);
         }
     }
@@ -93,6 +104,7 @@ pub struct VirtioPciDevice {
     bar: u64,
     device: Box<dyn VirtioDevice>,
     vectors: Arc<VectorMap>,
+    metrics: Arc<TransportMetrics>,
     mem: Arc<GuestMemory>,
     queues: Vec<Queue>,
     kicks: Vec<Option<EventFd>>,
@@ -192,7 +204,9 @@ impl VirtioPciDevice {
             ),
             &[],
         );
+        let metrics = Arc::new(TransportMetrics::default());
         let vectors = Arc::new(VectorMap {
+            metrics: metrics.clone(),
             config: AtomicU16::new(NO_VECTOR),
             queues: sizes.iter().map(|_| AtomicU16::new(NO_VECTOR)).collect(),
             isr: AtomicU8::new(0),
@@ -205,6 +219,7 @@ impl VirtioPciDevice {
             bar,
             device,
             vectors,
+            metrics,
             mem,
             queues,
             kicks,
@@ -216,6 +231,21 @@ impl VirtioPciDevice {
             queue_select: 0,
             active: false,
         })
+    }
+
+    /// The device's name (e.g. `virtio-blk-0`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Interrupt and notification counters.
+    pub fn transport_metrics(&self) -> Arc<TransportMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The device's own counters (see [`VirtioDevice::metrics`]).
+    pub fn device_metrics(&self) -> Option<serde_json::Value> {
+        self.device.metrics()
     }
 
     /// The BAR's guest address.
@@ -302,6 +332,7 @@ impl VirtioPciDevice {
             queues,
             interrupt: self.vectors.clone(),
             acked_features: self.driver_features,
+            notifications: self.metrics.notifications.clone(),
         };
         match self.device.activate(ctx) {
             Ok(()) => self.active = true,

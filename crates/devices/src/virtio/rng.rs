@@ -104,6 +104,10 @@ impl VirtioDevice for Rng {
         device_type::RNG
     }
 
+    fn metrics(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.metrics.snapshot()).ok()
+    }
+
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]
     }
@@ -329,6 +333,7 @@ mod tests {
             queues: vec![ActiveQueue { queue, kick }],
             interrupt: interrupt.clone(),
             acked_features: rng.features(),
+            notifications: Default::default(),
         })
         .unwrap();
 

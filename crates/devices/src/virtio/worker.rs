@@ -100,6 +100,7 @@ impl<H: QueueHandler> Worker<H> {
                     mem,
                     queues,
                     interrupt,
+                    notifications,
                     ..
                 } = ctx;
                 let (mut queues, kicks): (Vec<Queue>, Vec<EventFd>) =
@@ -124,7 +125,9 @@ impl<H: QueueHandler> Worker<H> {
                             break 'outer;
                         }
                         let i = token as usize;
-                        let _ = kicks[i].read();
+                        if let Ok(n) = kicks[i].read() {
+                            notifications.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        }
                         run_queue(&mut handler, i, &mut queues[i], &mem, interrupt.as_ref());
                     }
                 }

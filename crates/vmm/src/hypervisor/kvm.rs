@@ -272,6 +272,22 @@ impl Vm for KvmVm {
         self.commit_routes(&routes)
     }
 
+    fn get_clock(&self) -> Result<u64> {
+        Ok(self
+            .fd
+            .get_clock()
+            .map_err(ioctl_err("KVM_GET_CLOCK"))?
+            .clock)
+    }
+
+    fn set_clock(&self, ns: u64) -> Result<()> {
+        let data = kvm_bindings::kvm_clock_data {
+            clock: ns,
+            ..Default::default()
+        };
+        self.fd.set_clock(&data).map_err(ioctl_err("KVM_SET_CLOCK"))
+    }
+
     fn supported_cpuid(&self) -> Result<CpuId> {
         Ok(self.supported_cpuid.clone())
     }

@@ -104,6 +104,10 @@ pub trait Vm: Send + Sync {
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()>;
     /// Sets (or with `None` removes) the MSI message that line `gsi` delivers.
     fn set_msi_route(&self, gsi: u32, msg: Option<(u64, u32)>) -> Result<()>;
+    /// The guest's clock (kvmclock) in nanoseconds.
+    fn get_clock(&self) -> Result<u64>;
+    /// Sets the guest's clock, e.g. back to where a pause stopped it.
+    fn set_clock(&self, ns: u64) -> Result<()>;
     /// The host's CPUID the guest may see (before per-vCPU fix-ups).
     fn supported_cpuid(&self) -> Result<CpuId>;
 }

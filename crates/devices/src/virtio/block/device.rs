@@ -176,6 +176,10 @@ impl VirtioDevice for Block {
         device_type::BLOCK
     }
 
+    fn metrics(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.metrics.snapshot()).ok()
+    }
+
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE]
     }
@@ -383,6 +387,7 @@ mod tests {
                 queues: vec![],
                 interrupt: interrupt.clone(),
                 acked_features: blk.features(),
+                notifications: Default::default(),
             })
             .unwrap_err();
         assert!(matches!(err, ActivateError::QueueCount { .. }));
@@ -392,6 +397,7 @@ mod tests {
             queues: vec![ActiveQueue { queue, kick }],
             interrupt: interrupt.clone(),
             acked_features: blk.features(),
+            notifications: Default::default(),
         })
         .unwrap();
 
@@ -448,6 +454,7 @@ mod tests {
                 queues: vec![],
                 interrupt: interrupt.clone(),
                 acked_features: 0,
+                notifications: Default::default(),
             })
             .unwrap_err();
         assert!(matches!(err, ActivateError::AlreadyActive));
