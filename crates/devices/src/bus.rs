@@ -67,15 +67,18 @@ impl Bus {
         ranges.remove(&base).map(|e| e.device)
     }
 
-    fn lookup(&self, addr: u64) -> Option<(u64, SharedDevice)> {
+    /// The device whose range holds all of `[addr, addr + len)`.
+    fn lookup(&self, addr: u64, len: usize) -> Option<(u64, SharedDevice)> {
         let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
         let (base, entry) = ranges.range(..=addr).next_back()?;
-        (addr - base < entry.len).then(|| (addr - base, entry.device.clone()))
+        let offset = addr - base;
+        let end = offset.checked_add(len as u64)?;
+        (end <= entry.len).then(|| (offset, entry.device.clone()))
     }
 
     /// Dispatches a read; returns false when no device claims `addr`.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.lookup(addr) {
+        match self.lookup(addr, data.len()) {
             Some((offset, dev)) => {
                 dev.lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -88,7 +91,7 @@ impl Bus {
 
     /// Dispatches a write; returns false when no device claims `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.lookup(addr) {
+        match self.lookup(addr, data.len()) {
             Some((offset, dev)) => {
                 dev.lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -142,6 +145,10 @@ mod tests {
         assert!(!bus.read(0xff, &mut buf));
         assert!(bus.write(0x111, &[7]));
         assert_eq!(dev.lock().unwrap().0, vec![(1, vec![7])]);
+        // An access that runs past the end of a range is not the device's.
+        let mut wide = [0u8; 4];
+        assert!(!bus.read(0x11e, &mut wide));
+        assert!(!bus.write(u64::MAX, &[1, 2]));
         assert!(bus.remove(0x110).is_some());
         assert!(!bus.write(0x111, &[7]));
     }

@@ -82,9 +82,12 @@ impl PowerButton {
 impl BusDevice for AcpiPm {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        let Some(first) = data.first_mut() else {
+            return;
+        };
         match offset {
-            SLEEP_STATUS => data[0] = WAKE_STATUS,
-            GED => data[0] = self.ged_pending.swap(0, Ordering::SeqCst),
+            SLEEP_STATUS => *first = WAKE_STATUS,
+            GED => *first = self.ged_pending.swap(0, Ordering::SeqCst),
             _ => {}
         }
     }

@@ -62,7 +62,11 @@ pv_power_watch() {
         ) </dev/null &
     done
 }
-pv_power_watch </dev/null >/dev/console 2>&1 &
+# pv.ignore-power-button on the command line: a guest that ignores the button.
+case " $(cat /proc/cmdline) " in
+    *" pv.ignore-power-button "*) echo "pv-init: ignoring the power button" ;;
+    *) pv_power_watch </dev/null >/dev/console 2>&1 & ;;
+esac
 
 echo PEARVISOR-GUEST-READY
 

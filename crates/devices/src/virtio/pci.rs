@@ -560,7 +560,9 @@ impl BusDevice for VirtioPciDevice {
             }
             ISR_OFFSET => {
                 data.fill(0);
-                data[0] = self.vectors.isr.swap(0, Ordering::SeqCst);
+                if let Some(b) = data.first_mut() {
+                    *b = self.vectors.isr.swap(0, Ordering::SeqCst);
+                }
             }
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_SIZE).contains(&o) => {
                 self.device.read_config(o - DEVICE_CFG_OFFSET, data)
