@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing PearVisor needs on a Debian 12 host:
-# build tools, busybox/kmod/xz for guest images, and QEMU 10 (bookworm-backports)
-# for the nested-KVM test machine. Idempotent; quiet when everything is present.
+# build tools, busybox/kmod/xz for guest images, the Vulkan loader and Mesa's
+# lavapipe (a CPU Vulkan device for pv-gpu's inventory test), and QEMU 10
+# (bookworm-backports) for the nested-KVM test machine. Idempotent; quiet when
+# everything is present.
 set -euo pipefail
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 need=()
-for p in xz-utils zstd kmod busybox-static cpio ca-certificates; do
+for p in xz-utils zstd kmod busybox-static cpio ca-certificates libvulkan1 mesa-vulkan-drivers; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

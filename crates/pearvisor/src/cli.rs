@@ -1,8 +1,10 @@
-//! Command-line syntax: `pearvisor run`, `pearvisor image`, `pearvisor host`.
+//! Command-line syntax: `pearvisor run`, `pearvisor ctl`, `pearvisor image`,
+//! `pearvisor host`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// PearVisor: a KVM virtual machine monitor with a paravirtual GPU.
 #[derive(Debug, Parser)]
@@ -21,6 +23,17 @@ pub enum Command {
     Image(ImageCommand),
     /// Say what virtualization this host offers.
     Host,
+    /// Control a running VM through its API socket (see `run --api-socket`).
+    Ctl(CtlArgs),
+    /// List the host's GPUs (Vulkan) and whether each can back the 3D path.
+    Gpu(GpuArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GpuArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +71,15 @@ pub struct RunArgs {
     /// Do not offer a virtio-rng device.
     #[arg(long)]
     pub no_rng: bool,
+    /// Serve the REST API on this Unix socket (mode 0600); drive it with
+    /// `pearvisor ctl --socket PATH` or curl --unix-socket. Refused when a
+    /// server already answers there; a stale socket file is replaced.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// How long a shutdown through the API waits for the guest to power off
+    /// after pressing the power button before it stops the VM: 10s, 500ms, 2m.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
     /// Boot even when the host check says a stock kernel cannot run here
     /// (kvm_pvm without hardware virtualization). For experiments only.
     #[arg(long, hide = true)]
@@ -70,4 +92,113 @@ pub enum ImageCommand {
     Build,
     /// Print the default image's kernel and initrd paths (building it if needed).
     Path,
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The API socket of a running `pearvisor run --api-socket PATH`.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// The request to send.
+    #[arg(value_enum)]
+    pub request: CtlRequest,
+}
+
+/// What `pearvisor ctl` can ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CtlRequest {
+    /// Whether the VMM answers: its version and pid (GET vmm.ping).
+    Ping,
+    /// State, configuration, uptime, vCPUs and memory as JSON (GET vm.info).
+    Info,
+    /// Stop the vCPUs and the guest clock (PUT vm.pause).
+    Pause,
+    /// Continue a paused VM (PUT vm.resume).
+    Resume,
+    /// Reset the guest; it boots again (PUT vm.reboot).
+    Reboot,
+    /// Press the ACPI power button (PUT vm.power-button).
+    PowerButton,
+    /// Power button, then stop the VM after the grace period (PUT vm.shutdown).
+    Shutdown,
+    /// Counters per vCPU and device as JSON (GET vm.counters).
+    Counters,
+    /// The counters in Prometheus text format (GET vm.metrics).
+    Metrics,
+    /// The host's GPUs (GET vmm.gpus).
+    Gpus,
+}
+
+/// Parses durations like `10s`, `500ms`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let err =
+        || format!("invalid duration '{s}': use a number with ms, s, m or h, like 10s or 500ms");
+    let n: u64 = num.parse().map_err(|_| err())?;
+    let ms_per_unit = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(err()),
+    };
+    n.checked_mul(ms_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "s",
+            "10x",
+            "1.5s",
+            "-1s",
+            "99999999999999999999h",
+            "10 parsecs",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_duration("10x").unwrap_err(),
+            "invalid duration '10x': use a number with ms, s, m or h, like 10s or 500ms"
+        );
+    }
+
+    #[test]
+    fn ctl_requests_are_kebab_case() {
+        use clap::ValueEnum;
+        let names: Vec<String> = CtlRequest::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "ping",
+                "info",
+                "pause",
+                "resume",
+                "reboot",
+                "power-button",
+                "shutdown",
+                "counters",
+                "metrics",
+                "gpus"
+            ]
+        );
+    }
 }

@@ -1,16 +1,21 @@
 //! The `pearvisor` binary: parses the command line, prepares the terminal,
-//! builds VMs and maps their end to an exit status.
+//! builds VMs, serves the control API and maps the VM's end to an exit
+//! status; `pearvisor ctl` is the API's command-line client.
 
 mod cli;
 mod console;
+mod ctl;
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use pv_api::{ApiServer, GpuInventory};
 use pv_vmm::config::{parse_size, BlockParams, SerialMode, VmConfig};
+use pv_vmm::control::VmController;
 use pv_vmm::hypervisor::kvm::HostKvm;
 use pv_vmm::vm::{ConsoleInput, Machine, VmExitReason};
 
@@ -42,6 +47,7 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Ctl(args) => Ok(ctl::run(&args)),
         Command::Image(ImageCommand::Build) => {
             let image = pv_image::build_default_image(Default::default())?;
             println!("kernel: {}", image.kernel.display());
@@ -51,6 +57,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Image(ImageCommand::Path) => {
             let image = pv_image::build_default_image(Default::default())?;
             println!("{} {}", image.kernel.display(), image.initrd.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gpu(args) => {
+            let inventory = pv_gpu::inventory().context("cannot list the host's GPUs")?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&inventory)?);
+            } else {
+                print!("{}", pv_gpu::render_text(&inventory));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Host => {
@@ -134,6 +149,14 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
     Ok(config)
 }
 
+/// The host GPU inventory served at `vmm.gpus`.
+fn gpu_inventory() -> GpuInventory {
+    Arc::new(|| {
+        let inventory = pv_gpu::inventory().map_err(|e| e.to_string())?;
+        serde_json::to_value(inventory).map_err(|e| e.to_string())
+    })
+}
+
 fn run(args: RunArgs) -> Result<ExitCode> {
     let config = build_config(&args)?;
     let host = HostKvm::detect();
@@ -143,11 +166,36 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             host.describe()
         );
     }
+    let controller = VmController::new(config.clone(), args.shutdown_grace);
+    let api = match &args.api_socket {
+        Some(path) => Some(
+            ApiServer::start(path, controller.clone(), gpu_inventory())
+                .context("cannot start the API server")?,
+        ),
+        None => None,
+    };
     let input = ConsoleInput::default();
-    let _terminal = match config.serial {
+    let terminal = match config.serial {
         SerialMode::Tty => Some(console::attach_stdin(input.clone())),
         _ => None,
     };
+    let result = run_machines(&config, &controller, &input);
+    controller.detach(true);
+    // Gracefully: a `vm.shutdown` in flight gets its answer before we exit.
+    if let Some(api) = api {
+        api.stop();
+    }
+    drop(terminal);
+    result
+}
+
+/// Boots the VM, and boots it again on each reboot the configuration or an
+/// API request allows; the controller drives each machine.
+fn run_machines(
+    config: &VmConfig,
+    controller: &VmController,
+    input: &ConsoleInput,
+) -> Result<ExitCode> {
     loop {
         let out: Box<dyn Write + Send> = match &config.serial {
             SerialMode::Tty => Box::new(std::io::stdout()),
@@ -160,13 +208,23 @@ fn run(args: RunArgs) -> Result<ExitCode> {
             ),
             SerialMode::None => Box::new(std::io::sink()),
         };
-        let machine = Machine::build(&config, out, input.clone())?;
-        match machine.run()? {
-            VmExitReason::PowerOff | VmExitReason::Stopped => {
+        let machine = Machine::build(config, out, input.clone())?;
+        controller.attach(Arc::new(machine.handle()));
+        let reason = machine.run();
+        let reboot_requested = controller.take_reboot_request();
+        let restart =
+            matches!(reason, Ok(VmExitReason::Reset)) && (config.reboot || reboot_requested);
+        controller.detach(!restart);
+        match reason? {
+            VmExitReason::PowerOff => {
                 log::info!("guest powered off");
                 return Ok(ExitCode::SUCCESS);
             }
-            VmExitReason::Reset if config.reboot => {
+            VmExitReason::Stopped => {
+                log::info!("VM stopped");
+                return Ok(ExitCode::SUCCESS);
+            }
+            VmExitReason::Reset if restart => {
                 log::info!("guest rebooted; restarting it");
                 continue;
             }

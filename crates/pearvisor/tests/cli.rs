@@ -117,3 +117,44 @@ fn a_pvm_only_host_is_explained() {
     assert!(err.contains("nested"), "says what to do instead: {err}");
     let _ = std::fs::remove_file(kernel);
 }
+
+#[test]
+fn gpu_lists_the_hosts_vulkan_devices() {
+    // scripts/setup-host.sh installs the Vulkan loader and Mesa's lavapipe.
+    let out = Command::new(PEARVISOR)
+        .args(["gpu", "--json"])
+        .output()
+        .expect("run pearvisor gpu");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inv: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let gpus = inv["gpus"].as_array().expect("a gpus list");
+    let cpu = gpus
+        .iter()
+        .find(|g| g["device_type"] == "cpu")
+        .unwrap_or_else(|| panic!("lavapipe is listed: {inv}"));
+    assert!(
+        cpu["name"].as_str().unwrap_or("").contains("llvmpipe"),
+        "{inv}"
+    );
+    assert!(
+        cpu["device_local_memory"].as_u64().unwrap_or(0) > 0,
+        "{inv}"
+    );
+    assert!(
+        cpu["verdict"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Venus-ready"),
+        "{inv}"
+    );
+    let text = Command::new(PEARVISOR).arg("gpu").output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("llvmpipe") && text.contains("verdict"),
+        "{text}"
+    );
+}

@@ -60,6 +60,19 @@ else
 fi
 "#,
     ),
+    (
+        "ticker",
+        r#"
+i=0
+while true; do
+    i=$((i + 1))
+    echo 1 > /proc/sys/vm/drop_caches
+    dd if=/dev/vda of=/dev/null bs=4096 count=1 skip=$((i % 64)) 2>/dev/null
+    echo "PV-TICK $i $(cut -d' ' -f1 /proc/uptime)"
+    sleep 0.5
+done
+"#,
+    ),
 ];
 
 /// The guest command line used by every scenario (plus `pv.test=`).
@@ -220,6 +233,9 @@ timeout 240 $PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img --cmdline "$CMD
 echo "PV-RC=$?"
 echo "HOST-RO-MD5-AFTER=$(md5sum ro.img | cut -d' ' -f1)"
 echo "HOST-RW-AT-4096=$(dd if=rw.img bs=512 skip=8 count=1 2>/dev/null | head -c 20)"
+$PV run --kernel rw.img --no-reboot </dev/null 2>bad.err
+echo "HOST-BAD-KERNEL-RC=$?"
+echo "HOST-BAD-KERNEL-ERR=$(cat bad.err)"
 "#,
         &[],
     );
@@ -254,6 +270,12 @@ echo "HOST-RW-AT-4096=$(dd if=rw.img bs=512 skip=8 count=1 2>/dev/null | head -c
         value(&log, "", "HOST-RW-AT-4096"),
         Some("PEARVISOR-WROTE-THIS"),
         "the guest's write must be in the file after poweroff:\n{log}"
+    );
+    assert_eq!(value(&log, "", "HOST-BAD-KERNEL-RC"), Some("1"), "{log}");
+    assert_eq!(
+        value(&log, "", "HOST-BAD-KERNEL-ERR"),
+        Some("pearvisor: error: 'rw.img' is not a Linux kernel (neither a bzImage nor an ELF vmlinux)"),
+        "{log}"
     );
 }
 
@@ -357,5 +379,141 @@ echo "PV-RC=$?"
     assert!(
         (400_000..=524_288).contains(&kb),
         "MemTotal {kb} kB for 512M:\n{log}"
+    );
+}
+
+/// Host-side shell helpers for scenarios that drive a running VM over the
+/// API: `ticks FILE`, `waitfor FILE N` (up to 60 s), `state SOCK`,
+/// `counter SOCK NAME` (first occurrence in `ctl counters`).
+const API_HELPERS: &str = r#"
+ticks() { grep -c '^PV-TICK' "$1"; }
+waitfor() { n=0; while [ "$(ticks "$1")" -lt "$2" ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done; }
+state() { $PV ctl --socket "$1" info | grep '"state"' | head -1 | sed 's/.*: *"\([A-Za-z]*\)".*/\1/'; }
+counter() { $PV ctl --socket "$1" counters | grep "\"$2\"" | head -1 | tr -dc 0-9; }
+"#;
+
+/// Guest uptime printed with tick `n` in `log`.
+fn tick_uptime(log: &str, n: u64) -> Option<f64> {
+    let prefix = format!("PV-TICK {n} ");
+    log.lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|u| u.trim().parse().ok())
+}
+
+#[test]
+fn api_pauses_resumes_counts_and_presses_the_power_button() {
+    let log = scenario(
+        &format!(
+            r#"{API_HELPERS}
+dd if=/dev/zero of=d.img bs=1M count=1 2>/dev/null
+$PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img --cmdline "$CMDLINE pv.test=ticker" \
+    --disk path=d.img --api-socket pv.sock </dev/null > guest.log 2>&1 &
+PVPID=$!
+waitfor guest.log 3
+echo "HOST-STATE-1=$(state pv.sock)"
+e1=$(counter pv.sock total); r1=$(counter pv.sock read_requests)
+$PV ctl --socket pv.sock pause >/dev/null; echo "HOST-PAUSE-RC=$?"
+t1=$(ticks guest.log); sleep 3; t2=$(ticks guest.log)
+echo "HOST-PAUSED-AT-TICK=$t1"
+echo "HOST-TICKS-WHILE-PAUSED=$((t2 - t1))"
+echo "HOST-STATE-2=$(state pv.sock)"
+$PV ctl --socket pv.sock pause 2>pause2.err; echo "HOST-PAUSE-AGAIN-RC=$?"
+echo "HOST-PAUSE-AGAIN-ERR=$(cat pause2.err)"
+$PV ctl --socket pv.sock resume >/dev/null; echo "HOST-RESUME-RC=$?"
+waitfor guest.log $((t2 + 3))
+echo "HOST-TICKS-AFTER-RESUME=$(( $(ticks guest.log) - t2 ))"
+echo "HOST-STATE-3=$(state pv.sock)"
+e2=$(counter pv.sock total); r2=$(counter pv.sock read_requests)
+echo "HOST-EXITS-ROSE=$([ "$e2" -gt "$e1" ] && echo yes || echo "no $e1 $e2")"
+echo "HOST-DISK-READS-ROSE=$([ "$r2" -gt "$r1" ] && echo yes || echo "no $r1 $r2")"
+$PV ctl --socket pv.sock power-button >/dev/null; echo "HOST-BUTTON-RC=$?"
+wait $PVPID; echo "HOST-PV-RC=$?"
+echo "HOST-GUEST-LOG-BEGIN"
+cat guest.log
+"#
+        ),
+        &[],
+    );
+    assert_eq!(value(&log, "", "HOST-STATE-1"), Some("Running"), "{log}");
+    assert_eq!(value(&log, "", "HOST-PAUSE-RC"), Some("0"), "{log}");
+    assert_eq!(
+        value(&log, "", "HOST-TICKS-WHILE-PAUSED"),
+        Some("0"),
+        "a paused guest prints nothing:\n{log}"
+    );
+    assert_eq!(value(&log, "", "HOST-STATE-2"), Some("Paused"), "{log}");
+    assert_eq!(value(&log, "", "HOST-PAUSE-AGAIN-RC"), Some("1"), "{log}");
+    let err = value(&log, "", "HOST-PAUSE-AGAIN-ERR").unwrap_or("");
+    assert!(err.contains("409") && err.contains("Paused"), "{log}");
+    assert_eq!(value(&log, "", "HOST-RESUME-RC"), Some("0"), "{log}");
+    let after: u64 = value(&log, "", "HOST-TICKS-AFTER-RESUME")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(after >= 3, "the guest continues after resume:\n{log}");
+    assert_eq!(value(&log, "", "HOST-STATE-3"), Some("Running"), "{log}");
+    assert_eq!(value(&log, "", "HOST-EXITS-ROSE"), Some("yes"), "{log}");
+    assert_eq!(
+        value(&log, "", "HOST-DISK-READS-ROSE"),
+        Some("yes"),
+        "{log}"
+    );
+    assert_eq!(value(&log, "", "HOST-BUTTON-RC"), Some("0"), "{log}");
+    assert_eq!(
+        value(&log, "", "HOST-PV-RC"),
+        Some("0"),
+        "the button powers the guest off:\n{log}"
+    );
+    // The guest's clock stood still while paused (3 s on the host).
+    let guest = &log[log.find("HOST-GUEST-LOG-BEGIN").unwrap()..];
+    let t1: u64 = value(&log, "", "HOST-PAUSED-AT-TICK")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (before, after) = (
+        tick_uptime(guest, t1).unwrap(),
+        tick_uptime(guest, t1 + 1).unwrap(),
+    );
+    assert!(
+        after - before < 2.0,
+        "guest uptime advanced {:.2} s across a 3 s pause:\n{log}",
+        after - before
+    );
+    assert!(guest.contains("pv-init: power button pressed"), "{log}");
+}
+
+#[test]
+fn api_shutdown_stops_a_guest_that_ignores_the_button_within_the_grace_period() {
+    let log = scenario(
+        &format!(
+            r#"{API_HELPERS}
+$PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img \
+    --cmdline "$CMDLINE pv.test=ticker pv.ignore-power-button" --no-rng \
+    --api-socket pv.sock --shutdown-grace 3s </dev/null > guest.log 2>&1 &
+PVPID=$!
+waitfor guest.log 2
+echo "HOST-STATE-1=$(state pv.sock)"
+s=$(date +%s)
+$PV ctl --socket pv.sock shutdown >/dev/null; echo "HOST-SHUTDOWN-RC=$?"
+wait $PVPID; echo "HOST-PV-RC=$?"
+echo "HOST-SHUTDOWN-SECS=$(( $(date +%s) - s ))"
+echo "HOST-GUEST-LOG-BEGIN"
+cat guest.log
+"#
+        ),
+        &[],
+    );
+    assert_eq!(value(&log, "", "HOST-STATE-1"), Some("Running"), "{log}");
+    assert!(log.contains("pv-init: ignoring the power button"), "{log}");
+    assert_eq!(value(&log, "", "HOST-SHUTDOWN-RC"), Some("0"), "{log}");
+    assert_eq!(value(&log, "", "HOST-PV-RC"), Some("0"), "{log}");
+    let secs: u64 = value(&log, "", "HOST-SHUTDOWN-SECS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (2..=15).contains(&secs),
+        "shutdown took {secs} s with a 3 s grace:\n{log}"
     );
 }

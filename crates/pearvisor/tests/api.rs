@@ -1,0 +1,294 @@
+//! `pearvisor ctl` and `run --api-socket` at the command line, without KVM:
+//! `ctl` talks to a pv-api server started in this process around a fake
+//! machine.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pv_api::{ApiServer, GpuInventory};
+use pv_vmm::config::VmConfig;
+use pv_vmm::control::{MachineOps, VmController};
+use pv_vmm::vm::{VcpuMetrics, VmError, VmExitReason};
+use serde_json::{json, Value};
+
+const PEARVISOR: &str = env!("CARGO_BIN_EXE_pearvisor");
+
+/// (exit status, stdout, stderr)
+fn pv(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(PEARVISOR)
+        .args(args)
+        .output()
+        .expect("run pearvisor");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn socket_path(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("pv-ctl-{}-{name}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+#[derive(Default)]
+struct FakeMachine {
+    paused: AtomicBool,
+    stopped: Mutex<Option<VmExitReason>>,
+    metrics: Vec<Arc<VcpuMetrics>>,
+}
+
+impl MachineOps for FakeMachine {
+    fn pause(&self) -> Result<(), VmError> {
+        self.paused.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+    fn resume(&self) -> Result<(), VmError> {
+        self.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+    fn press_power_button(&self) -> std::io::Result<()> {
+        self.stop(VmExitReason::PowerOff);
+        Ok(())
+    }
+    fn stop(&self, reason: VmExitReason) {
+        self.stopped.lock().unwrap().get_or_insert(reason);
+    }
+    fn stopped(&self) -> bool {
+        self.stopped.lock().unwrap().is_some()
+    }
+    fn vcpu_metrics(&self) -> Vec<Arc<VcpuMetrics>> {
+        self.metrics.clone()
+    }
+    fn device_counters(&self) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            "virtio-blk-0".into(),
+            json!({"read_bytes": 1024, "interrupts": 1, "notifications": 1}),
+        );
+        m
+    }
+}
+
+/// A booted fake VM behind an API server at a fresh socket.
+fn serve(name: &str, gpus: GpuInventory) -> (PathBuf, ApiServer, Arc<FakeMachine>) {
+    let config: VmConfig =
+        serde_json::from_value(json!({"kernel": "/boot/vmlinuz", "cpus": 1})).unwrap();
+    let controller = VmController::new(config, Duration::from_millis(200));
+    let machine = Arc::new(FakeMachine {
+        metrics: vec![Arc::default()],
+        ..Default::default()
+    });
+    machine.metrics[0].io_out.fetch_add(42, Ordering::Relaxed);
+    controller.attach(machine.clone());
+    let path = socket_path(name);
+    let server = ApiServer::start(&path, controller, gpus).unwrap();
+    (path, server, machine)
+}
+
+fn no_gpus() -> GpuInventory {
+    Arc::new(|| Err("GPU inventory not built yet".to_string()))
+}
+
+#[test]
+fn ctl_without_a_server_says_what_to_run() {
+    let path = socket_path("missing");
+    let p = path.to_str().unwrap();
+    let (rc, out, err) = pv(&["ctl", "--socket", p, "info"]);
+    assert_eq!(rc, 1);
+    assert!(out.is_empty());
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "pearvisor ctl: no PearVisor API at {p}: is `pearvisor run --api-socket {p}` running?"
+        )
+    );
+    // A stale socket file (nobody listening) reads the same.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let (rc, _, err) = pv(&["ctl", "--socket", p, "ping"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("no PearVisor API at"), "{err}");
+    let _ = std::fs::remove_file(&path);
+    // A request ctl does not know is clap's usage error.
+    let (rc, _, err) = pv(&["ctl", "--socket", p, "explode"]);
+    assert_eq!(rc, 2);
+    assert!(err.contains("power-button"), "lists the requests: {err}");
+}
+
+#[test]
+fn ctl_prints_answers_and_server_messages() {
+    let (path, server, machine) = serve("answers", no_gpus());
+    let p = path.to_str().unwrap();
+
+    let (rc, out, err) = pv(&["ctl", "--socket", p, "info"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.contains("\n  \"state\": \"Running\""),
+        "pretty JSON: {out}"
+    );
+    let info: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(info["config"]["kernel"], "/boot/vmlinuz");
+    assert_eq!(
+        (info["vcpus"].as_u64(), info["boots"].as_u64()),
+        (Some(1), Some(1))
+    );
+
+    let (rc, out, _) = pv(&["ctl", "--socket", p, "ping"]);
+    assert_eq!(rc, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["pid"],
+        std::process::id()
+    );
+
+    let (rc, out, err) = pv(&["ctl", "--socket", p, "pause"]);
+    assert_eq!((rc, out.as_str(), err.as_str()), (0, "", ""));
+    assert!(machine.paused.load(Ordering::SeqCst));
+    let (rc, out, err) = pv(&["ctl", "--socket", p, "pause"]);
+    assert_eq!(rc, 1);
+    assert!(out.is_empty());
+    assert_eq!(
+        err.trim_end(),
+        "pearvisor ctl: cannot pause the VM: it is Paused (HTTP 409)"
+    );
+    let (rc, _, err) = pv(&["ctl", "--socket", p, "power-button"]);
+    assert_eq!(rc, 1);
+    assert!(err.contains("(HTTP 409)"), "{err}");
+    assert_eq!(pv(&["ctl", "--socket", p, "resume"]).0, 0);
+
+    let (rc, out, _) = pv(&["ctl", "--socket", p, "counters"]);
+    assert_eq!(rc, 0);
+    let counters: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(counters["vcpus"][0]["exits"]["io_out"], 42);
+    assert_eq!(counters["devices"]["virtio-blk-0"]["read_bytes"], 1024);
+
+    let (rc, out, _) = pv(&["ctl", "--socket", p, "metrics"]);
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("# TYPE pearvisor_vcpu_exits_total counter\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("pearvisor_vcpu_exits_total{vcpu=\"0\",reason=\"io_out\"} 42\n"),
+        "{out}"
+    );
+
+    let (rc, _, err) = pv(&["ctl", "--socket", p, "gpus"]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err.trim_end(),
+        "pearvisor ctl: GPU inventory not built yet (HTTP 500)"
+    );
+
+    // The guest obeys the button: shutdown ends at once; then 409.
+    assert_eq!(pv(&["ctl", "--socket", p, "shutdown"]).0, 0);
+    assert_eq!(
+        *machine.stopped.lock().unwrap(),
+        Some(VmExitReason::PowerOff)
+    );
+    let (rc, _, err) = pv(&["ctl", "--socket", p, "reboot"]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err.trim_end(),
+        "pearvisor ctl: cannot reboot the VM: it is Shutdown (HTTP 409)"
+    );
+    server.stop();
+    assert!(!path.exists());
+}
+
+#[test]
+fn ctl_prints_the_gpu_inventory() {
+    let gpus: GpuInventory = Arc::new(|| Ok(json!({"gpus": [{"name": "llvmpipe"}], "notes": []})));
+    let (path, server, _) = serve("gpus", gpus);
+    let (rc, out, err) = pv(&["ctl", "--socket", path.to_str().unwrap(), "gpus"]);
+    assert_eq!(rc, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["gpus"][0]["name"], "llvmpipe");
+    server.stop();
+}
+
+/// Enough of a bzImage header to pass the kernel format check.
+fn bzimage_header() -> PathBuf {
+    let mut v = vec![0u8; 0x400];
+    v[0x202..0x206].copy_from_slice(b"HdrS");
+    let p = std::env::temp_dir().join(format!("pv-ctl-{}-kernel", std::process::id()));
+    std::fs::write(&p, v).unwrap();
+    p
+}
+
+#[test]
+fn run_refuses_a_socket_another_server_answers_on() {
+    let (path, server, _) = serve("busy", no_gpus());
+    let kernel = bzimage_header();
+    // The API starts before any KVM work, so this runs on every host.
+    let (rc, _, err) = pv(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--skip-host-check",
+        "--serial",
+        "none",
+        "--api-socket",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot start the API server\n  caused by: an API server already answers at {}",
+            path.display()
+        )),
+        "{err}"
+    );
+    // The running server is untouched.
+    let (rc, _, _) = pv(&["ctl", "--socket", path.to_str().unwrap(), "ping"]);
+    assert_eq!(rc, 0);
+    server.stop();
+    let _ = std::fs::remove_file(kernel);
+}
+
+#[test]
+fn bad_shutdown_grace_and_help() {
+    let kernel = bzimage_header();
+    let (rc, _, err) = pv(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--shutdown-grace",
+        "soon",
+    ]);
+    assert_eq!(rc, 2);
+    assert!(
+        err.contains("invalid duration 'soon': use a number with ms, s, m or h"),
+        "{err}"
+    );
+    let (rc, out, _) = pv(&["run", "--help"]);
+    assert_eq!(rc, 0);
+    for flag in [
+        "--api-socket <PATH>",
+        "--shutdown-grace <DURATION>",
+        "[default: 10s]",
+    ] {
+        assert!(out.contains(flag), "run --help lacks {flag}:\n{out}");
+    }
+    let (rc, out, _) = pv(&["ctl", "--help"]);
+    assert_eq!(rc, 0);
+    for word in [
+        "--socket <PATH>",
+        "ping",
+        "info",
+        "pause",
+        "resume",
+        "reboot",
+        "power-button",
+        "shutdown",
+        "counters",
+        "metrics",
+        "gpus",
+    ] {
+        assert!(out.contains(word), "ctl --help lacks {word}:\n{out}");
+    }
+    let _ = std::fs::remove_file(kernel);
+}
