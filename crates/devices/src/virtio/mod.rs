@@ -9,6 +9,7 @@
 //! guest memory, so it is unit-tested with virtio-queue's driver mock.
 
 pub mod block;
+pub mod input;
 pub mod pci;
 pub mod rng;
 pub mod worker;
