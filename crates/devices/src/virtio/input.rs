@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use pv_display::{InputEvent, InputSink};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::worker::{drain_queue, QueueHandler, Worker};
@@ -383,6 +383,7 @@ mod tests {
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
 
     fn cfg(dev: &mut InputDevice, select: u8, subsel: u8) -> (u8, Vec<u8>) {
         dev.write_config(0, &[select, subsel]);
