@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing PearVisor needs on a Debian 12 host:
 # build tools, busybox/kmod/xz for guest images, the Vulkan loader and Mesa's
-# lavapipe (a CPU Vulkan device for pv-gpu's inventory test), and QEMU 10
+# lavapipe (a CPU Vulkan device for pv-gpu's inventory test), Chromium and
+# chromedriver (pv-display's web viewer test drives a headless browser), and QEMU 10
 # (bookworm-backports) for the nested-KVM test machine. Idempotent; quiet when
 # everything is present.
 set -euo pipefail
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 need=()
-for p in xz-utils zstd kmod busybox-static cpio ca-certificates libvulkan1 mesa-vulkan-drivers; do
+for p in xz-utils zstd kmod busybox-static cpio ca-certificates libvulkan1 mesa-vulkan-drivers chromium chromium-driver; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -2,7 +2,8 @@
 //!
 //! One request per connection (`Connection: close`); the response is read
 //! to the end and its body decoded by `Content-Length` or chunked transfer
-//! coding. Only std: it works wherever the `pearvisor` binary does.
+//! coding, byte for byte (a screenshot's PNG comes back untouched). Only
+//! std: it works wherever the `pearvisor` binary does.
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -40,6 +41,7 @@ pub struct Response {
     pub status: u16,
     /// Header names in lower case, in the order received.
     pub headers: Vec<(String, String)>,
+    /// The body as sent, without its transfer coding (binary-safe).
     pub body: Vec<u8>,
 }
 
@@ -144,7 +146,7 @@ impl Client {
         let body = body.unwrap_or("");
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: pearvisor/{}\r\n\
-             Accept: application/json\r\nConnection: close\r\n",
+             Accept: */*\r\nConnection: close\r\n",
             crate::VERSION
         );
         if !body.is_empty() {
@@ -274,6 +276,35 @@ mod tests {
         let r = parse_response(b"HTTP/1.0 204 No Content\r\n\r\n").unwrap();
         assert!(r.is_success());
         assert_eq!(r.error_message(), "the server answered 204");
+    }
+
+    #[test]
+    fn binary_bodies_come_back_untouched() {
+        // A PNG signature, CRLFs, a blank line, NULs and bytes that are not UTF-8.
+        let png: Vec<u8> = [
+            &crate::PNG_SIGNATURE[..],
+            b"\r\n\r\n\0\0\xff\xfe\x80HTTP/1.1 200 OK\r\n\r\n",
+            &(0..=255).collect::<Vec<u8>>(),
+        ]
+        .concat();
+        let mut raw = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+            png.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&png);
+        let r = parse_response(&raw).unwrap();
+        assert_eq!(r.header("content-type"), Some("image/png"));
+        assert_eq!(r.body, png);
+
+        let mut raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for chunk in png.chunks(100) {
+            raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            raw.extend_from_slice(chunk);
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(parse_response(&raw).unwrap().body, png);
     }
 
     #[test]

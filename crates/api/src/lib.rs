@@ -1,13 +1,14 @@
 //! PearVisor's control plane: a REST API over a Unix socket.
 //!
 //! Paths follow Cloud Hypervisor's style (`/api/v1/vm.info`, `/api/v1/vm.pause`,
-//! …); bodies are JSON, errors are `{"error": "message"}`. The document
+//! …); bodies are JSON (metrics are text, a screenshot is a PNG), errors are
+//! `{"error": "message"}`. The document
 //! `docs/api/openapi.yaml` describes every endpoint and is what the contract
 //! tests check the server against.
 //!
 //! - [`ApiServer`]: the server, on its own thread (`api`) with a
 //!   current-thread tokio runtime; lifecycle calls that block (shutdown waits
-//!   up to the grace period) run on tokio's blocking pool.
+//!   up to the grace period) and screenshots run on tokio's blocking pool.
 //! - [`Endpoint`]: the endpoints, their paths and methods.
 //! - [`metrics`]: the Prometheus text exposition of the counters.
 //! - [`client`]: a small blocking HTTP/1.1 client (`pearvisor ctl`).
@@ -29,3 +30,25 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The host's GPU inventory as JSON (`GET /api/v1/vmm.gpus`); an `Err` is
 /// answered with 500 and its message.
 pub type GpuInventory = std::sync::Arc<dyn Fn() -> Result<serde_json::Value, String> + Send + Sync>;
+
+/// The guest's scanout `N` as a PNG (`GET /api/v1/vm.screenshot?display=N`).
+/// Called on tokio's blocking pool; the bytes must be a whole PNG file
+/// (anything without the PNG signature is answered with 500, as is a panic).
+pub type Screenshots =
+    std::sync::Arc<dyn Fn(u32) -> Result<Vec<u8>, ScreenshotError> + Send + Sync>;
+
+/// Why the display side has no picture to give; the message is the
+/// display's, passed on to the client as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScreenshotError {
+    /// No such scanout, e.g. "display 1 does not exist (the VM has 1)": 404.
+    #[error("{0}")]
+    NoSuchDisplay(String),
+    /// The scanout exists but shows nothing yet, e.g. "display 0 shows
+    /// nothing yet": 409.
+    #[error("{0}")]
+    NothingShown(String),
+}
+
+/// The first eight bytes of every PNG file.
+pub const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];

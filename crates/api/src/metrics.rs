@@ -173,6 +173,7 @@ fn is_level(name: &str) -> bool {
         "capacity",
         "size",
         "current",
+        "latency",
     ]
     .iter()
     .any(|w| name.contains(w))

@@ -1,10 +1,12 @@
-//! Routing and handlers: a request becomes a JSON (or text) answer.
+//! Routing and handlers: a request becomes a JSON (or text, or PNG) answer.
 //!
 //! Unknown paths are 404, a known path with the wrong method 405 (with an
 //! `Allow` header), a PUT body other than nothing or `{}` 400 (413 when it
-//! is too large), an illegal lifecycle transition 409 and any other failure
-//! 500. Controller calls run on tokio's blocking pool: `vm.shutdown` waits
-//! up to the grace period and the others may wait for the controller's lock.
+//! is too large), a bad query of `vm.screenshot` 400, an illegal lifecycle
+//! transition 409 and any other failure 500. Controller and display calls
+//! run on tokio's blocking pool: `vm.shutdown` waits up to the grace period,
+//! the others may wait for the controller's lock or the display. Other
+//! endpoints ignore the query string.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +20,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use pv_vmm::control::{ControlError, VmController};
 use serde_json::{json, Value};
 
-use crate::{metrics, GpuInventory, API_PREFIX, VERSION};
+use crate::{
+    metrics, GpuInventory, ScreenshotError, Screenshots, API_PREFIX, PNG_SIGNATURE, VERSION,
+};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -29,6 +33,8 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct State {
     pub controller: Arc<VmController>,
     pub gpus: GpuInventory,
+    /// `None`: the VM has no display (`vm.screenshot` answers 409).
+    pub screenshots: Option<Screenshots>,
 }
 
 /// One endpoint of the API.
@@ -44,11 +50,12 @@ pub enum Endpoint {
     Shutdown,
     Counters,
     Metrics,
+    Screenshot,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order of the API reference.
-    pub const ALL: [Endpoint; 10] = [
+    pub const ALL: [Endpoint; 11] = [
         Endpoint::Ping,
         Endpoint::Gpus,
         Endpoint::Info,
@@ -59,6 +66,7 @@ impl Endpoint {
         Endpoint::Shutdown,
         Endpoint::Counters,
         Endpoint::Metrics,
+        Endpoint::Screenshot,
     ];
 
     /// The name after `/api/v1/`, e.g. `vm.pause`.
@@ -74,6 +82,7 @@ impl Endpoint {
             Endpoint::Shutdown => "vm.shutdown",
             Endpoint::Counters => "vm.counters",
             Endpoint::Metrics => "vm.metrics",
+            Endpoint::Screenshot => "vm.screenshot",
         }
     }
 
@@ -89,7 +98,8 @@ impl Endpoint {
             | Endpoint::Gpus
             | Endpoint::Info
             | Endpoint::Counters
-            | Endpoint::Metrics => Method::GET,
+            | Endpoint::Metrics
+            | Endpoint::Screenshot => Method::GET,
             Endpoint::Pause
             | Endpoint::Resume
             | Endpoint::Reboot
@@ -110,6 +120,8 @@ impl Endpoint {
 enum Reply {
     Json(Value),
     Text(String),
+    /// A whole PNG file.
+    Png(Vec<u8>),
     NoContent,
     Error {
         status: StatusCode,
@@ -129,7 +141,7 @@ impl Reply {
 
     fn status(&self) -> StatusCode {
         match self {
-            Reply::Json(_) | Reply::Text(_) => StatusCode::OK,
+            Reply::Json(_) | Reply::Text(_) | Reply::Png(_) => StatusCode::OK,
             Reply::NoContent => StatusCode::NO_CONTENT,
             Reply::Error { status, .. } => *status,
         }
@@ -140,6 +152,7 @@ impl Reply {
         let (content_type, body, allow) = match self {
             Reply::Json(v) => (Some(JSON), json_bytes(&v), None),
             Reply::Text(t) => (Some(metrics::CONTENT_TYPE), Bytes::from(t), None),
+            Reply::Png(png) => (Some(PNG), Bytes::from(png), None),
             Reply::NoContent => (None, Bytes::new(), None),
             Reply::Error { message, allow, .. } => {
                 (Some(JSON), json_bytes(&json!({ "error": message })), allow)
@@ -161,6 +174,15 @@ impl Reply {
 }
 
 const JSON: &str = "application/json";
+const PNG: &str = "image/png";
+
+/// What an endpoint was asked, beyond its path: only `vm.screenshot` takes
+/// a parameter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Params {
+    /// The scanout of `vm.screenshot` (`display=N`, default 0).
+    display: u32,
+}
 
 fn json_bytes(v: &Value) -> Bytes {
     let mut out = serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec());
@@ -202,12 +224,19 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Reply {
             allow: Some(endpoint.method()),
         };
     }
+    let mut params = Params::default();
+    if endpoint == Endpoint::Screenshot {
+        match screenshot_display(req.uri().query()) {
+            Ok(display) => params.display = display,
+            Err(message) => return Reply::error(StatusCode::BAD_REQUEST, message),
+        }
+    }
     if endpoint.method() == Method::PUT {
         if let Err(reply) = check_empty_body(endpoint, req.into_body()).await {
             return reply;
         }
     }
-    match tokio::task::spawn_blocking(move || execute(endpoint, &state)).await {
+    match tokio::task::spawn_blocking(move || execute(endpoint, params, &state)).await {
         Ok(reply) => reply,
         Err(e) => {
             log::error!("api: the {} handler failed: {e}", endpoint.name());
@@ -217,6 +246,41 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Reply {
             )
         }
     }
+}
+
+/// The `display` of `vm.screenshot`'s query: absent is 0; an unknown key,
+/// a repeated `display` or a value that is not a number is an error that
+/// says which.
+fn screenshot_display(query: Option<&str>) -> Result<u32, String> {
+    let mut display = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "display" {
+            return Err(format!(
+                "unknown query parameter '{key}': vm.screenshot takes only display"
+            ));
+        }
+        if display.is_some() {
+            return Err("the query parameter display is given more than once".into());
+        }
+        display = Some(parse_display(value)?);
+    }
+    Ok(display.unwrap_or(0))
+}
+
+/// A display number: decimal digits only, at most `u32::MAX`.
+fn parse_display(value: &str) -> Result<u32, String> {
+    if value.is_empty() {
+        return Err("the query parameter display needs a value: display=0, display=1, …".into());
+    }
+    if !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "invalid display '{value}': expected a display number (0, 1, …)"
+        ));
+    }
+    value
+        .parse()
+        .map_err(|_| format!("invalid display '{value}': the number is too large"))
 }
 
 /// Actions take no parameters: the body must be empty or `{}`.
@@ -274,7 +338,7 @@ async fn check_empty_body(endpoint: Endpoint, body: Incoming) -> Result<(), Repl
 }
 
 /// Runs an endpoint's work (on the blocking pool).
-fn execute(endpoint: Endpoint, state: &State) -> Reply {
+fn execute(endpoint: Endpoint, params: Params, state: &State) -> Reply {
     let c = &state.controller;
     match endpoint {
         Endpoint::Ping => Reply::Json(json!({
@@ -299,6 +363,31 @@ fn execute(endpoint: Endpoint, state: &State) -> Reply {
         Endpoint::Shutdown => lifecycle(c.shutdown()),
         Endpoint::Counters => Reply::Json(c.counters()),
         Endpoint::Metrics => Reply::Text(metrics::render(&c.counters())),
+        Endpoint::Screenshot => screenshot(state.screenshots.as_ref(), params.display),
+    }
+}
+
+/// Asks the display side for scanout `display` as a PNG.
+fn screenshot(screenshots: Option<&Screenshots>, display: u32) -> Reply {
+    let Some(take) = screenshots else {
+        return Reply::error(
+            StatusCode::CONFLICT,
+            "the VM has no display: start it with --gpu",
+        );
+    };
+    match take(display) {
+        Ok(png) if png.starts_with(&PNG_SIGNATURE) => Reply::Png(png),
+        Ok(_) => {
+            log::error!("api: display {display} gave something that is not a PNG");
+            Reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("display {display} did not give a PNG image"),
+            )
+        }
+        Err(ScreenshotError::NoSuchDisplay(message)) => {
+            Reply::error(StatusCode::NOT_FOUND, message)
+        }
+        Err(ScreenshotError::NothingShown(message)) => Reply::error(StatusCode::CONFLICT, message),
     }
 }
 
@@ -347,5 +436,75 @@ mod tests {
         let r = Reply::NoContent.into_response();
         assert_eq!(r.status(), 204);
         assert!(r.headers().get(CONTENT_TYPE).is_none());
+        let r = Reply::Png(PNG_SIGNATURE.to_vec()).into_response();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[CONTENT_TYPE], "image/png");
+    }
+
+    #[test]
+    fn screenshot_queries() {
+        for (query, display) in [
+            (None, 0),
+            (Some(""), 0),
+            (Some("display=0"), 0),
+            (Some("display=3"), 3),
+            (Some("display=007"), 7),
+            (Some("&display=2&"), 2),
+            (Some("display=4294967295"), u32::MAX),
+        ] {
+            assert_eq!(screenshot_display(query), Ok(display), "{query:?}");
+        }
+        for (query, message) in [
+            (
+                "display=x",
+                "invalid display 'x': expected a display number (0, 1, …)",
+            ),
+            (
+                "display=-1",
+                "invalid display '-1': expected a display number (0, 1, …)",
+            ),
+            (
+                "display=+1",
+                "invalid display '+1': expected a display number (0, 1, …)",
+            ),
+            (
+                "display=1.0",
+                "invalid display '1.0': expected a display number (0, 1, …)",
+            ),
+            (
+                "display=4294967296",
+                "invalid display '4294967296': the number is too large",
+            ),
+            (
+                "display=",
+                "the query parameter display needs a value: display=0, display=1, …",
+            ),
+            (
+                "display",
+                "the query parameter display needs a value: display=0, display=1, …",
+            ),
+            (
+                "display=1&display=2",
+                "the query parameter display is given more than once",
+            ),
+            (
+                "scale=2",
+                "unknown query parameter 'scale': vm.screenshot takes only display",
+            ),
+            (
+                "display=0&format=jpeg",
+                "unknown query parameter 'format': vm.screenshot takes only display",
+            ),
+            (
+                "Display=0",
+                "unknown query parameter 'Display': vm.screenshot takes only display",
+            ),
+        ] {
+            assert_eq!(
+                screenshot_display(Some(query)),
+                Err(message.into()),
+                "{query}"
+            );
+        }
     }
 }

@@ -21,7 +21,7 @@ use pv_vmm::control::VmController;
 use tokio::sync::oneshot;
 
 use crate::routes::{handle, State};
-use crate::GpuInventory;
+use crate::{GpuInventory, Screenshots};
 
 /// How long a client may take to send a request's head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,12 +75,14 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Listens on `path` and serves `controller` (and `gpus` for
-    /// `vmm.gpus`) on a new thread named `api`.
+    /// Listens on `path` and serves `controller` (with `gpus` for
+    /// `vmm.gpus` and `screenshots` for `vm.screenshot`; `None` when the VM
+    /// has no display) on a new thread named `api`.
     pub fn start(
         path: impl AsRef<Path>,
         controller: Arc<VmController>,
         gpus: GpuInventory,
+        screenshots: Option<Screenshots>,
     ) -> Result<Self, ApiError> {
         let path = path.as_ref().to_path_buf();
         clear_stale_socket(&path)?;
@@ -110,7 +112,11 @@ impl ApiServer {
                 tokio::net::UnixListener::from_std(std_listener).map_err(ApiError::Runtime)?
             };
             let (stop_tx, stop_rx) = oneshot::channel();
-            let state = Arc::new(State { controller, gpus });
+            let state = Arc::new(State {
+                controller,
+                gpus,
+                screenshots,
+            });
             let thread = std::thread::Builder::new()
                 .name("api".into())
                 .spawn(move || {

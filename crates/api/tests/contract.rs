@@ -1,8 +1,9 @@
 //! The API server against its OpenAPI document (`docs/api/openapi.yaml`):
 //! every documented response is produced and its body validates against the
-//! documented schema, undocumented paths are 404, other methods 405; the
-//! lifecycle over HTTP, bad bodies, concurrent clients, start and stop.
-//! A fake machine stands in for KVM.
+//! documented schema (a binary one: its content type and PNG signature),
+//! undocumented paths are 404, other methods 405; the lifecycle over HTTP,
+//! bad bodies, screenshots, concurrent clients, start and stop. A fake
+//! machine stands in for KVM and a fake display for the GPU.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +13,7 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pv_api::client::{Client, Response};
-use pv_api::{ApiError, ApiServer, Endpoint, GpuInventory};
+use pv_api::{ApiError, ApiServer, Endpoint, GpuInventory, ScreenshotError, Screenshots};
 use pv_vmm::config::VmConfig;
 use pv_vmm::control::{MachineOps, VmController};
 use pv_vmm::vm::{VcpuMetrics, VmError, VmExitReason};
@@ -174,10 +175,11 @@ fn error_schema() -> &'static Value {
     &openapi()["components"]["schemas"]["Error"]
 }
 
-/// Checks a response against the documented operation `method path`;
-/// returns the status.
+/// Checks a response against the documented operation `method path` (a
+/// query string is not part of the path); returns the status.
 fn check_documented(path: &str, method: &str, r: &Response) -> u16 {
     let base = base_path();
+    let path = path.split('?').next().unwrap_or(path);
     let doc_path = path
         .strip_prefix(base.as_str())
         .expect("under the base path");
@@ -198,6 +200,23 @@ fn check_documented(path: &str, method: &str, r: &Response) -> u16 {
             let entry = content
                 .get(media)
                 .unwrap_or_else(|| panic!("{method} {path}: content-type {ct} not documented"));
+            if resolve(&entry["schema"])["format"] == "binary" {
+                // Not JSON: the bytes must be what the content type says.
+                assert_eq!(
+                    resolve(&entry["schema"]),
+                    &json!({"type": "string", "format": "binary"}),
+                    "{method} {path}: a binary schema"
+                );
+                assert_eq!(media, "image/png", "the validator knows only PNG");
+                assert_eq!(ct, "image/png", "{method} {path}: Content-Type");
+                assert!(
+                    r.body.starts_with(&pv_api::PNG_SIGNATURE),
+                    "{method} {path} ({}): not a PNG: {:?}",
+                    r.status,
+                    &r.body[..r.body.len().min(16)]
+                );
+                return r.status;
+            }
             let body = if media == "application/json" {
                 r.json()
                     .unwrap_or_else(|| panic!("{method} {path}: not JSON"))
@@ -330,6 +349,36 @@ fn gpus_err() -> GpuInventory {
     Arc::new(|| Err("GPU inventory not built yet".to_string()))
 }
 
+/// A `width`×`height` PNG of one colour.
+fn png(width: u32, height: u32, rgba: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgba);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().unwrap();
+    writer
+        .write_image_data(&rgba.repeat((width * height) as usize))
+        .unwrap();
+    writer.finish().unwrap();
+    out
+}
+
+/// A display of four scanouts: 0 shows a red 4×3 picture, 1 nothing yet,
+/// 2 panics, 3 gives bytes that are not a PNG; others do not exist.
+fn fake_display() -> Screenshots {
+    Arc::new(|display| match display {
+        0 => Ok(png(4, 3, [255, 0, 0, 255])),
+        1 => Err(ScreenshotError::NothingShown(
+            "display 1 shows nothing yet".into(),
+        )),
+        2 => panic!("fake failure in the display"),
+        3 => Ok(b"GIF89a".to_vec()),
+        n => Err(ScreenshotError::NoSuchDisplay(format!(
+            "display {n} does not exist (the VM has 4)"
+        ))),
+    })
+}
+
 fn socket_path(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("pv-api-{}-{name}.sock", std::process::id()));
     let _ = std::fs::remove_file(&p);
@@ -344,8 +393,18 @@ struct Vm {
 }
 
 impl Vm {
-    /// A controller with a booted fake machine behind a server.
+    /// A controller with a booted fake machine behind a server; no display.
     fn start(name: &str, grace: Duration, gpus: GpuInventory) -> Self {
+        Self::with_display(name, grace, gpus, None)
+    }
+
+    /// The same with `screenshots` as its display.
+    fn with_display(
+        name: &str,
+        grace: Duration,
+        gpus: GpuInventory,
+        screenshots: Option<Screenshots>,
+    ) -> Self {
         let controller = VmController::new(config(), grace);
         let machine = FakeMachine::new(2);
         machine.metrics[0].io_in.fetch_add(123, Ordering::Relaxed);
@@ -354,7 +413,8 @@ impl Vm {
             .fetch_add(7, Ordering::Relaxed);
         controller.attach(machine.clone());
         let path = socket_path(name);
-        let server = ApiServer::start(&path, controller.clone(), gpus).expect("start the server");
+        let server = ApiServer::start(&path, controller.clone(), gpus, screenshots)
+            .expect("start the server");
         Self {
             controller,
             machine,
@@ -385,7 +445,12 @@ impl Vm {
 
 #[test]
 fn every_documented_response_is_produced_and_matches_its_schema() {
-    let vm = Vm::start("contract", Duration::from_millis(100), gpus_ok());
+    let vm = Vm::with_display(
+        "contract",
+        Duration::from_millis(100),
+        gpus_ok(),
+        Some(fake_display()),
+    );
     let broken = Vm::start("contract-broken", Duration::from_millis(100), gpus_err());
     let mut seen: BTreeSet<(String, String, u16)> = BTreeSet::new();
     let mut record = |vm: &Vm, method: &str, name: &str, body: Option<&str>| -> Response {
@@ -395,6 +460,7 @@ fn every_documented_response_is_produced_and_matches_its_schema() {
             .request(&method.to_uppercase(), &path, body)
             .unwrap();
         let status = check_documented(&path, method, &r);
+        let path = path.split('?').next().unwrap_or(&path).to_string();
         seen.insert((path, method.to_string(), status));
         r
     };
@@ -432,6 +498,96 @@ fn every_documented_response_is_produced_and_matches_its_schema() {
     assert_eq!(r.json().unwrap()["gpus"][0]["name"], "llvmpipe");
     let r = record(&broken, "get", "vmm.gpus", None);
     assert_eq!(r.error_message(), "GPU inventory not built yet");
+
+    // Screenshots: the display's bytes as they are, its errors, bad queries.
+    let red = png(4, 3, [255, 0, 0, 255]);
+    for query in ["", "?display=0", "?display=00", "?", "?&display=0&"] {
+        let r = record(&vm, "get", &format!("vm.screenshot{query}"), None);
+        assert_eq!(r.status, 200, "{query}: {}", r.text());
+        assert_eq!(r.body, red, "{query}: the PNG as the display gave it");
+    }
+    let mut reader = png::Decoder::new(std::io::Cursor::new(&red[..]))
+        .read_info()
+        .unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!((frame.width, frame.height), (4, 3));
+    assert_eq!(&pixels[..4], [255, 0, 0, 255]);
+    for (query, message) in [
+        (
+            "display=x",
+            "invalid display 'x': expected a display number (0, 1, …)",
+        ),
+        (
+            "display=-1",
+            "invalid display '-1': expected a display number (0, 1, …)",
+        ),
+        (
+            "display=99999999999",
+            "invalid display '99999999999': the number is too large",
+        ),
+        (
+            "display=",
+            "the query parameter display needs a value: display=0, display=1, …",
+        ),
+        (
+            "display=0&display=0",
+            "the query parameter display is given more than once",
+        ),
+        (
+            "scale=2",
+            "unknown query parameter 'scale': vm.screenshot takes only display",
+        ),
+    ] {
+        let r = record(&vm, "get", &format!("vm.screenshot?{query}"), None);
+        assert_eq!(
+            (r.status, r.error_message().as_str()),
+            (400, message),
+            "{query}"
+        );
+    }
+    let r = record(&vm, "get", "vm.screenshot?display=7", None);
+    assert_eq!(
+        (r.status, r.error_message().as_str()),
+        (404, "display 7 does not exist (the VM has 4)")
+    );
+    let r = record(&vm, "get", "vm.screenshot?display=1", None);
+    assert_eq!(
+        (r.status, r.error_message().as_str()),
+        (409, "display 1 shows nothing yet")
+    );
+    let r = record(&broken, "get", "vm.screenshot", None);
+    assert_eq!(
+        (r.status, r.error_message().as_str()),
+        (409, "the VM has no display: start it with --gpu")
+    );
+    let r = record(&vm, "get", "vm.screenshot?display=2", None);
+    assert_eq!(
+        (r.status, r.error_message().as_str()),
+        (500, "the vm.screenshot handler failed")
+    );
+    let r = record(&vm, "get", "vm.screenshot?display=3", None);
+    assert_eq!(
+        (r.status, r.error_message().as_str()),
+        (500, "display 3 did not give a PNG image")
+    );
+    assert_eq!(vm.state(), "Running", "a failing display stops nothing");
+    // The query parameter is documented as the server reads it.
+    let params = &openapi()["paths"]["/vm.screenshot"]["get"]["parameters"];
+    assert_eq!(params.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        (&params[0]["name"], &params[0]["in"], &params[0]["required"]),
+        (&json!("display"), &json!("query"), &json!(false))
+    );
+    assert_eq!(
+        (
+            &params[0]["schema"]["type"],
+            &params[0]["schema"]["minimum"],
+            &params[0]["schema"]["maximum"],
+            &params[0]["schema"]["default"]
+        ),
+        (&json!("integer"), &json!(0), &json!(u32::MAX), &json!(0))
+    );
 
     // Counters and metrics fail (500) when the machine does; the server lives on.
     broken.machine.fail.store(true, Ordering::SeqCst);
@@ -489,6 +645,18 @@ fn every_documented_response_is_produced_and_matches_its_schema() {
     assert_eq!(record(&vm, "put", "vm.reboot", None).status, 409);
     record(&vm, "get", "vm.info", None);
     record(&vm, "get", "vm.counters", None);
+
+    // Documented 405s: another method, checked against the documented one.
+    for (path, method, op) in operations() {
+        if op["responses"].get("405").is_none() {
+            continue;
+        }
+        let other = if method == "get" { "PUT" } else { "GET" };
+        let r = vm.client.request(other, &path, None).unwrap();
+        assert_eq!(r.header("allow"), Some(method.to_uppercase().as_str()));
+        assert_eq!(check_documented(&path, &method, &r), 405);
+        seen.insert((path, method, 405));
+    }
 
     // Every documented (path, method, status) was produced.
     let mut documented = BTreeSet::new();
@@ -563,6 +731,7 @@ fn undocumented_paths_are_404_with_an_error_body() {
     }
     // A query string does not change the endpoint.
     assert_eq!(vm.get("vm.info?verbose=1").status, 200);
+    assert_eq!(vm.get("vm.screenshot?display=0").status, 409, "no display");
     assert_eq!(vm.state(), "Running");
 }
 
@@ -715,7 +884,13 @@ fn bad_bodies_are_400_with_a_message_and_the_vm_keeps_running() {
 fn eight_and_more_concurrent_clients_get_correct_answers() {
     const CLIENTS: usize = 16;
     const ROUNDS: usize = 20;
-    let vm = Vm::start("concurrent", Duration::from_millis(100), gpus_ok());
+    let vm = Vm::with_display(
+        "concurrent",
+        Duration::from_millis(100),
+        gpus_ok(),
+        Some(fake_display()),
+    );
+    let red = Arc::new(png(4, 3, [255, 0, 0, 255]));
     let barrier = Arc::new(Barrier::new(CLIENTS));
     let answers = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..CLIENTS)
@@ -723,10 +898,11 @@ fn eight_and_more_concurrent_clients_get_correct_answers() {
             let client = vm.client.clone();
             let barrier = barrier.clone();
             let answers = answers.clone();
+            let red = red.clone();
             std::thread::spawn(move || {
                 barrier.wait();
                 for round in 0..ROUNDS {
-                    match (i + round) % 6 {
+                    match (i + round) % 7 {
                         0 => {
                             let r = client.get("/api/v1/vmm.ping").unwrap();
                             assert_eq!(r.status, 200);
@@ -748,6 +924,11 @@ fn eight_and_more_concurrent_clients_get_correct_answers() {
                             let r = client.get("/api/v1/vm.metrics").unwrap();
                             assert_eq!(r.status, 200);
                             assert!(r.text().contains("pearvisor_boots_total 1\n"));
+                        }
+                        5 => {
+                            let r = client.get("/api/v1/vm.screenshot").unwrap();
+                            assert_eq!(r.status, 200);
+                            assert_eq!(r.body, *red);
                         }
                         4 => {
                             let r = client.put("/api/v1/vm.resume", None).unwrap();
@@ -820,10 +1001,10 @@ fn stop_delivers_the_answer_to_a_request_in_flight_then_removes_the_socket() {
 fn start_refuses_a_live_socket_and_replaces_a_stale_one() {
     let path = socket_path("start");
     let controller = VmController::new(config(), Duration::from_millis(100));
-    let first = ApiServer::start(&path, controller.clone(), gpus_ok()).unwrap();
+    let first = ApiServer::start(&path, controller.clone(), gpus_ok(), None).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    let e = match ApiServer::start(&path, controller.clone(), gpus_ok()) {
+    let e = match ApiServer::start(&path, controller.clone(), gpus_ok(), None) {
         Err(e) => e,
         Ok(_) => panic!("a second server on a live socket"),
     };
@@ -842,7 +1023,7 @@ fn start_refuses_a_live_socket_and_replaces_a_stale_one() {
     // A socket file nobody listens on is replaced.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let second = ApiServer::start(&path, controller.clone(), gpus_ok()).unwrap();
+    let second = ApiServer::start(&path, controller.clone(), gpus_ok(), None).unwrap();
     assert_eq!(
         Client::new(&path).get("/api/v1/vmm.ping").unwrap().status,
         200
@@ -851,7 +1032,7 @@ fn start_refuses_a_live_socket_and_replaces_a_stale_one() {
 
     // Anything else at the path is left alone.
     std::fs::write(&path, "precious").unwrap();
-    let e = match ApiServer::start(&path, controller, gpus_ok()) {
+    let e = match ApiServer::start(&path, controller, gpus_ok(), None) {
         Err(e) => e,
         Ok(_) => panic!("started over a regular file"),
     };
@@ -862,6 +1043,7 @@ fn start_refuses_a_live_socket_and_replaces_a_stale_one() {
         "/nonexistent-dir/pv.sock",
         VmController::new(config(), Duration::ZERO),
         gpus_ok(),
+        None,
     ) {
         Err(e) => e,
         Ok(_) => panic!("started in a missing directory"),

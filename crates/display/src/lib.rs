@@ -119,3 +119,16 @@ pub enum InputEvent {
 pub trait InputSink: Send + Sync {
     fn send(&self, event: InputEvent);
 }
+
+pub mod compose;
+pub mod convert;
+pub mod damage;
+pub mod encode;
+mod error;
+pub mod keymap;
+pub mod store;
+pub mod web;
+
+pub use error::DisplayError;
+pub use store::{Display, Frame, ScanoutInfo, Subscription, Update};
+pub use web::WebViewer;

@@ -1,5 +1,7 @@
-//! pv-gpu: the host GPU inventory — every GPU the Vulkan loader sees, what PearVisor's 3D
-//! path (Venus through virglrenderer) needs from it, and live NVML figures on NVIDIA.
+//! pv-gpu: the virtio-gpu device ([`virtio_gpu`]: 2D resources, scanouts and cursor pushed
+//! to a `pv_display::ScanoutSink`) and the host GPU inventory — every GPU the Vulkan loader
+//! sees, what PearVisor's 3D path (Venus through virglrenderer) needs from it, and live NVML
+//! figures on NVIDIA.
 //!
 //! Nothing is linked at build time: the Vulkan loader (`libvulkan.so.1`) and NVML
 //! (`libnvidia-ml.so.1`) are opened at run time, so the binary runs on hosts without either.
@@ -14,13 +16,14 @@
 //! # Ok::<(), pv_gpu::GpuError>(())
 //! ```
 //!
-//! Modules: `model` (the serde types, the Venus rule, version decoding), `vulkan` (every
-//! `ash` call), `nvml` (NVML through libloading, pairing with Vulkan devices), `render`
-//! (text output).
+//! Modules: `virtio_gpu` (the device), `model` (the serde types, the Venus rule, version
+//! decoding), `vulkan` (every `ash` call), `nvml` (NVML through libloading, pairing with
+//! Vulkan devices), `render` (text output).
 
 mod model;
 mod nvml;
 mod render;
+pub mod virtio_gpu;
 mod vulkan;
 
 pub use model::{

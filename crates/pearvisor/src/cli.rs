@@ -62,6 +62,15 @@ pub struct RunArgs {
     /// Repeat for more disks; they appear as /dev/vda, /dev/vdb, ... in order.
     #[arg(long, value_name = "OPTIONS")]
     pub disk: Vec<String>,
+    /// A virtio-gpu (2D) device: [width=W][,height=H][,displays=N][,max-hostmem=SIZE]
+    /// (default 1280x800, 1 display, 256M of host memory for the guest's resources).
+    #[arg(long, value_name = "OPTIONS", num_args = 0..=1, default_missing_value = "")]
+    pub gpu: Option<String>,
+    /// Where the GPU's screens are shown: headless (screenshots through the API; the
+    /// default), web[=ADDR:PORT] (a viewer in the browser with keyboard and mouse,
+    /// default 127.0.0.1:8080), or window.
+    #[arg(long, value_name = "MODE")]
+    pub display: Option<String>,
     /// Serial console (ttyS0): tty (this terminal), file=PATH, or none.
     #[arg(long, value_name = "MODE")]
     pub serial: Option<String>,
@@ -102,6 +111,13 @@ pub struct CtlArgs {
     /// The request to send.
     #[arg(value_enum)]
     pub request: CtlRequest,
+    /// With screenshot, and required there: the file to write the PNG to
+    /// (- for stdout, unless it is a terminal).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// With screenshot: which display (scanout) to capture, from 0 [default: 0].
+    #[arg(long, value_name = "N")]
+    pub display: Option<u32>,
 }
 
 /// What `pearvisor ctl` can ask.
@@ -127,6 +143,8 @@ pub enum CtlRequest {
     Metrics,
     /// The host's GPUs (GET vmm.gpus).
     Gpus,
+    /// The guest's display as a PNG, written to -o FILE (GET vm.screenshot).
+    Screenshot,
 }
 
 /// Parses durations like `10s`, `500ms`, `2m`, `1h` (a bare number is seconds).
@@ -197,7 +215,8 @@ mod tests {
                 "shutdown",
                 "counters",
                 "metrics",
-                "gpus"
+                "gpus",
+                "screenshot"
             ]
         );
     }

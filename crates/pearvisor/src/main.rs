@@ -9,15 +9,16 @@ mod ctl;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use pv_api::{ApiServer, GpuInventory};
-use pv_vmm::config::{parse_size, BlockParams, SerialMode, VmConfig};
+use pv_api::{ApiServer, GpuInventory, ScreenshotError, Screenshots};
+use pv_display::{Display, DisplayError, InputEvent, InputSink, WebViewer};
+use pv_vmm::config::{parse_size, BlockParams, DisplayMode, GpuParams, SerialMode, VmConfig};
 use pv_vmm::control::VmController;
 use pv_vmm::hypervisor::kvm::HostKvm;
-use pv_vmm::vm::{ConsoleInput, Machine, VmExitReason};
+use pv_vmm::vm::{ConsoleInput, DisplaySetup, Machine, VmExitReason};
 
 use cli::{Cli, Command, ImageCommand, RunArgs};
 
@@ -117,6 +118,8 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
         serial: SerialMode::Tty,
         rng: true,
         reboot: true,
+        gpu: None,
+        display: DisplayMode::Headless,
     });
     c.kernel = kernel;
     if initrd.is_some() {
@@ -135,6 +138,12 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
         c.disks
             .push(BlockParams::parse(d).with_context(|| format!("bad --disk #{}: '{d}'", i + 1))?);
     }
+    if let Some(g) = &args.gpu {
+        c.gpu = Some(GpuParams::parse(g).with_context(|| format!("bad --gpu '{g}'"))?);
+    }
+    if let Some(d) = &args.display {
+        c.display = d.parse().context("bad --display")?;
+    }
     if let Some(s) = &args.serial {
         c.serial = s.parse().context("bad --serial")?;
     }
@@ -147,6 +156,93 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
     let config = config.unwrap_or_else(|| unreachable!("set above"));
     config.validate()?;
     Ok(config)
+}
+
+/// The host side of a GPU's screens: the store every scanout goes to, the
+/// web viewer when asked for, and the input path back to the guest (kept
+/// across reboots; each new machine's input devices are connected in).
+struct Screens {
+    display: Arc<Display>,
+    input: Arc<InputSwitch>,
+    takes_input: bool,
+    web: Option<WebViewer>,
+}
+
+impl Screens {
+    fn start(config: &VmConfig) -> Result<Option<Self>> {
+        let Some(gpu) = &config.gpu else {
+            return Ok(None);
+        };
+        let display = Arc::new(Display::new(gpu.displays));
+        let input = Arc::new(InputSwitch::default());
+        let web = match &config.display {
+            DisplayMode::Headless => None,
+            DisplayMode::Web(addr) => {
+                let viewer = WebViewer::start(
+                    *addr,
+                    display.clone(),
+                    Some(input.clone() as Arc<dyn InputSink>),
+                )
+                .with_context(|| format!("cannot start the web viewer on {addr}"))?;
+                eprintln!(
+                    "pearvisor: the guest's screen is at http://{}/",
+                    viewer.local_addr()
+                );
+                Some(viewer)
+            }
+            DisplayMode::Window => {
+                bail!("--display window is not available yet: use --display web or headless")
+            }
+        };
+        Ok(Some(Self {
+            display,
+            input,
+            takes_input: config.display.takes_input(),
+            web,
+        }))
+    }
+
+    fn setup(&self) -> DisplaySetup {
+        DisplaySetup {
+            sink: self.display.clone(),
+            with_input: self.takes_input,
+        }
+    }
+
+    /// PNG screenshots for the API's `vm.screenshot`.
+    fn screenshots(&self) -> Screenshots {
+        let display = self.display.clone();
+        Arc::new(move |n| {
+            display.screenshot(n).map_err(|e| match e {
+                DisplayError::NoSuchDisplay { .. } => ScreenshotError::NoSuchDisplay(e.to_string()),
+                _ => ScreenshotError::NothingShown(e.to_string()),
+            })
+        })
+    }
+
+    fn stop(self) {
+        if let Some(web) = self.web {
+            web.stop();
+        }
+    }
+}
+
+/// Viewer input goes to whichever machine is running now.
+#[derive(Default)]
+struct InputSwitch(Mutex<Option<Arc<dyn InputSink>>>);
+
+impl InputSwitch {
+    fn connect(&self, sink: Option<Arc<dyn InputSink>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = sink;
+    }
+}
+
+impl InputSink for InputSwitch {
+    fn send(&self, event: InputEvent) {
+        if let Some(sink) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            sink.send(event);
+        }
+    }
 }
 
 /// The host GPU inventory served at `vmm.gpus`.
@@ -167,10 +263,16 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
     let controller = VmController::new(config.clone(), args.shutdown_grace);
+    let screens = Screens::start(&config)?;
     let api = match &args.api_socket {
         Some(path) => Some(
-            ApiServer::start(path, controller.clone(), gpu_inventory())
-                .context("cannot start the API server")?,
+            ApiServer::start(
+                path,
+                controller.clone(),
+                gpu_inventory(),
+                screens.as_ref().map(Screens::screenshots),
+            )
+            .context("cannot start the API server")?,
         ),
         None => None,
     };
@@ -179,7 +281,10 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         SerialMode::Tty => Some(console::attach_stdin(input.clone())),
         _ => None,
     };
-    let result = run_machines(&config, &controller, &input);
+    let result = run_machines(&config, &controller, &input, screens.as_ref());
+    if let Some(screens) = screens {
+        screens.stop();
+    }
     controller.detach(true);
     // Gracefully: a `vm.shutdown` in flight gets its answer before we exit.
     if let Some(api) = api {
@@ -195,7 +300,9 @@ fn run_machines(
     config: &VmConfig,
     controller: &VmController,
     input: &ConsoleInput,
+    screens: Option<&Screens>,
 ) -> Result<ExitCode> {
+    let setup = screens.map(Screens::setup);
     loop {
         let out: Box<dyn Write + Send> = match &config.serial {
             SerialMode::Tty => Box::new(std::io::stdout()),
@@ -208,7 +315,10 @@ fn run_machines(
             ),
             SerialMode::None => Box::new(std::io::sink()),
         };
-        let machine = Machine::build(config, out, input.clone())?;
+        let machine = Machine::build(config, out, input.clone(), setup.as_ref())?;
+        if let Some(screens) = screens {
+            screens.input.connect(machine.input());
+        }
         controller.attach(Arc::new(machine.handle()));
         let reason = machine.run();
         let reboot_requested = controller.take_reboot_request();

@@ -1,14 +1,14 @@
 //! `pearvisor ctl` and `run --api-socket` at the command line, without KVM:
 //! `ctl` talks to a pv-api server started in this process around a fake
-//! machine.
+//! machine (and, for screenshots, a fake display).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pv_api::{ApiServer, GpuInventory};
+use pv_api::{ApiServer, GpuInventory, ScreenshotError, Screenshots};
 use pv_vmm::config::VmConfig;
 use pv_vmm::control::{MachineOps, VmController};
 use pv_vmm::vm::{VcpuMetrics, VmError, VmExitReason};
@@ -18,13 +18,19 @@ const PEARVISOR: &str = env!("CARGO_BIN_EXE_pearvisor");
 
 /// (exit status, stdout, stderr)
 fn pv(args: &[&str]) -> (i32, String, String) {
+    let (rc, out, err) = pv_raw(args);
+    (rc, String::from_utf8_lossy(&out).into_owned(), err)
+}
+
+/// (exit status, stdout as bytes, stderr)
+fn pv_raw(args: &[&str]) -> (i32, Vec<u8>, String) {
     let out = Command::new(PEARVISOR)
         .args(args)
         .output()
         .expect("run pearvisor");
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
@@ -74,8 +80,17 @@ impl MachineOps for FakeMachine {
     }
 }
 
-/// A booted fake VM behind an API server at a fresh socket.
+/// A booted fake VM behind an API server at a fresh socket; no display.
 fn serve(name: &str, gpus: GpuInventory) -> (PathBuf, ApiServer, Arc<FakeMachine>) {
+    serve_with(name, gpus, None)
+}
+
+/// The same with `screenshots` as its display.
+fn serve_with(
+    name: &str,
+    gpus: GpuInventory,
+    screenshots: Option<Screenshots>,
+) -> (PathBuf, ApiServer, Arc<FakeMachine>) {
     let config: VmConfig =
         serde_json::from_value(json!({"kernel": "/boot/vmlinuz", "cpus": 1})).unwrap();
     let controller = VmController::new(config, Duration::from_millis(200));
@@ -86,12 +101,43 @@ fn serve(name: &str, gpus: GpuInventory) -> (PathBuf, ApiServer, Arc<FakeMachine
     machine.metrics[0].io_out.fetch_add(42, Ordering::Relaxed);
     controller.attach(machine.clone());
     let path = socket_path(name);
-    let server = ApiServer::start(&path, controller, gpus).unwrap();
+    let server = ApiServer::start(&path, controller, gpus, screenshots).unwrap();
     (path, server, machine)
 }
 
 fn no_gpus() -> GpuInventory {
     Arc::new(|| Err("GPU inventory not built yet".to_string()))
+}
+
+/// A `width`×`height` PNG of one colour.
+fn png(width: u32, height: u32, rgba: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgba);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().unwrap();
+    writer
+        .write_image_data(&rgba.repeat((width * height) as usize))
+        .unwrap();
+    writer.finish().unwrap();
+    out
+}
+
+/// Display 0 shows blue, display 1 green; there are no others.
+fn two_displays() -> Screenshots {
+    Arc::new(|display| match display {
+        0 => Ok(png(8, 6, [0, 0, 255, 255])),
+        1 => Ok(png(2, 2, [0, 255, 0, 255])),
+        n => Err(ScreenshotError::NoSuchDisplay(format!(
+            "display {n} does not exist (the VM has 2)"
+        ))),
+    })
+}
+
+fn temp_file(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("pv-ctl-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
 }
 
 #[test]
@@ -210,6 +256,202 @@ fn ctl_prints_the_gpu_inventory() {
     server.stop();
 }
 
+#[test]
+fn ctl_screenshot_writes_the_png_and_nothing_else() {
+    let (path, server, _) = serve_with("screenshot", no_gpus(), Some(two_displays()));
+    let p = path.to_str().unwrap();
+    let file = temp_file("screen.png");
+    let f = file.to_str().unwrap();
+
+    let (rc, out, err) = pv(&["ctl", "--socket", p, "screenshot", "-o", f]);
+    assert_eq!((rc, out.as_str(), err.as_str()), (0, "", ""));
+    assert_eq!(std::fs::read(&file).unwrap(), png(8, 6, [0, 0, 255, 255]));
+    // --display, and an existing file is replaced.
+    let (rc, out, err) = pv(&[
+        "ctl",
+        "--socket",
+        p,
+        "screenshot",
+        "--display",
+        "1",
+        "--output",
+        f,
+    ]);
+    assert_eq!((rc, out.as_str(), err.as_str()), (0, "", ""));
+    assert_eq!(std::fs::read(&file).unwrap(), png(2, 2, [0, 255, 0, 255]));
+    // -o - is stdout, here a pipe: the bytes as they are.
+    let (rc, out, err) = pv_raw(&["ctl", "--socket", p, "screenshot", "-o", "-"]);
+    assert_eq!(rc, 0, "{err}");
+    assert_eq!(out, png(8, 6, [0, 0, 255, 255]));
+    std::fs::remove_file(&file).unwrap();
+
+    // The server's errors: a message, exit 1, no file.
+    let (rc, out, err) = pv(&[
+        "ctl",
+        "--socket",
+        p,
+        "screenshot",
+        "-o",
+        f,
+        "--display",
+        "7",
+    ]);
+    assert_eq!(rc, 1);
+    assert!(out.is_empty());
+    assert_eq!(
+        err.trim_end(),
+        "pearvisor ctl: display 7 does not exist (the VM has 2) (HTTP 404)"
+    );
+    assert!(!file.exists(), "no file for a failed request");
+    let (rc, _, err) = pv(&[
+        "ctl",
+        "--socket",
+        p,
+        "screenshot",
+        "-o",
+        "/nonexistent-dir/s.png",
+    ]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err.trim_end(),
+        "pearvisor ctl: cannot write the PNG to /nonexistent-dir/s.png: \
+         No such file or directory (os error 2)"
+    );
+    server.stop();
+
+    // A VM without a display.
+    let (path, server, _) = serve("no-display", no_gpus());
+    let (rc, _, err) = pv(&[
+        "ctl",
+        "--socket",
+        path.to_str().unwrap(),
+        "screenshot",
+        "-o",
+        f,
+    ]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err.trim_end(),
+        "pearvisor ctl: the VM has no display: start it with --gpu (HTTP 409)"
+    );
+    assert!(!file.exists());
+    server.stop();
+}
+
+#[test]
+fn ctl_screenshot_options_are_checked_before_anything_is_sent() {
+    // No server: the options are refused before ctl connects.
+    let path = socket_path("options");
+    let p = path.to_str().unwrap();
+    for (args, message) in [
+        (
+            &["screenshot"][..],
+            "screenshot needs -o FILE, the file to write the PNG to (- for stdout)",
+        ),
+        (
+            &["screenshot", "--display", "1"],
+            "screenshot needs -o FILE, the file to write the PNG to (- for stdout)",
+        ),
+        (
+            &["info", "-o", "x.png"],
+            "-o/--output goes only with screenshot",
+        ),
+        (
+            &["metrics", "--output", "x.png", "--display", "0"],
+            "-o/--output goes only with screenshot",
+        ),
+        (
+            &["pause", "--display", "0"],
+            "--display goes only with screenshot",
+        ),
+    ] {
+        let mut argv = vec!["ctl", "--socket", p];
+        argv.extend_from_slice(args);
+        let (rc, out, err) = pv(&argv);
+        assert_eq!(rc, 2, "{args:?}: {err}");
+        assert!(out.is_empty());
+        assert_eq!(
+            err.trim_end(),
+            format!("pearvisor ctl: {message}"),
+            "{args:?}"
+        );
+    }
+    assert!(!Path::new("x.png").exists());
+    // Not a number: clap's usage error.
+    let (rc, _, err) = pv(&[
+        "ctl",
+        "--socket",
+        p,
+        "screenshot",
+        "-o",
+        "x.png",
+        "--display",
+        "one",
+    ]);
+    assert_eq!(rc, 2);
+    assert!(
+        err.contains("invalid value 'one' for '--display <N>'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ctl_screenshot_refuses_to_write_to_a_terminal() {
+    let Some((_master, tty)) = open_pty() else {
+        eprintln!("no pseudo-terminal here: skipped");
+        return;
+    };
+    let (path, server, _) = serve_with("tty", no_gpus(), Some(two_displays()));
+    let p = path.to_str().unwrap();
+    let t = tty.to_str().unwrap();
+    let (rc, _, err) = pv(&["ctl", "--socket", p, "screenshot", "-o", t]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err.trim_end(),
+        format!("pearvisor ctl: refusing to write a PNG to {t}: it is a terminal")
+    );
+    // -o - with stdout on the terminal.
+    let out = Command::new(PEARVISOR)
+        .args(["ctl", "--socket", p, "screenshot", "-o", "-"])
+        .stdout(std::fs::OpenOptions::new().write(true).open(&tty).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "pearvisor ctl: refusing to write a PNG to a terminal: redirect stdout or give -o FILE"
+    );
+    server.stop();
+}
+
+/// A new pseudo-terminal: its master (kept open while the test runs) and
+/// its terminal's path; `None` where there are none.
+fn open_pty() -> Option<(std::os::fd::OwnedFd, PathBuf)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt takes no pointers; a non-negative result is a new
+    // descriptor that nothing else owns.
+    let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is open and owned by nothing else.
+    let master = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: `fd` is a pseudo-terminal master; ptsname_r writes at most
+    // `name.len()` bytes, NUL-terminated, into `name`.
+    let ok = unsafe {
+        libc::grantpt(fd) == 0
+            && libc::unlockpt(fd) == 0
+            && libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) == 0
+    };
+    if !ok {
+        return None;
+    }
+    // SAFETY: ptsname_r succeeded, so `name` holds a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    Some((master, PathBuf::from(name.to_str().ok()?)))
+}
+
 /// Enough of a bzImage header to pass the kernel format check.
 fn bzimage_header() -> PathBuf {
     let mut v = vec![0u8; 0x400];
@@ -287,6 +529,9 @@ fn bad_shutdown_grace_and_help() {
         "counters",
         "metrics",
         "gpus",
+        "screenshot",
+        "-o, --output <FILE>",
+        "--display <N>",
     ] {
         assert!(out.contains(word), "ctl --help lacks {word}:\n{out}");
     }

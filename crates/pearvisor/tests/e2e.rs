@@ -61,6 +61,26 @@ fi
 "#,
     ),
     (
+        "fbpattern",
+        r#"
+echo "PV-FB0=$(cat /sys/class/graphics/fb0/name) $(cat /sys/class/graphics/fb0/virtual_size) $(cat /sys/class/graphics/fb0/bits_per_pixel)"
+[ -e /dev/dri/card0 ] && echo "PV-DRI-CARD0=yes"
+echo "hello from the PearVisor guest" > /dev/tty1
+sleep 1
+echo "PV-TEXT-SHOWN"
+# The host says go by writing "GO" at the start of the disk.
+while [ "$(dd if=/dev/vda bs=2 count=1 2>/dev/null)" != "GO" ]; do
+    echo 1 > /proc/sys/vm/drop_caches
+    sleep 0.2
+done
+for b in /sys/class/vtconsole/vtcon*/bind; do echo 0 > "$b"; done
+cat /pv-fb-pattern.raw > /dev/fb0
+sleep 1
+echo "PV-PATTERN-SHOWN"
+while true; do sleep 1; done
+"#,
+    ),
+    (
         "ticker",
         r#"
 i=0
@@ -75,13 +95,44 @@ done
     ),
 ];
 
+/// Size of the framebuffer the GPU scenario uses (`--gpu width=,height=`).
+const FB_WIDTH: u32 = 640;
+const FB_HEIGHT: u32 = 480;
+
+/// The colour of pixel (x, y) in the test pattern: 16x16 blocks, each a
+/// different colour, so a misplaced block or channel swap shows.
+fn pattern_rgb(x: u32, y: u32) -> [u8; 3] {
+    let block = (x / 16) + (y / 16) * (FB_WIDTH / 16);
+    [
+        (block * 37 % 251) as u8,
+        (block * 91 % 241) as u8,
+        (block * 53 % 239) as u8,
+    ]
+}
+
+/// The pattern as the guest's /dev/fb0 wants it: 32-bit XRGB little endian
+/// (bytes B, G, R, X).
+fn fb_pattern() -> Vec<u8> {
+    let mut v = Vec::with_capacity((FB_WIDTH * FB_HEIGHT * 4) as usize);
+    for y in 0..FB_HEIGHT {
+        for x in 0..FB_WIDTH {
+            let [r, g, b] = pattern_rgb(x, y);
+            v.extend_from_slice(&[b, g, r, 0]);
+        }
+    }
+    v
+}
+
 /// The guest command line used by every scenario (plus `pv.test=`).
 const GUEST_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1";
 
 fn image() -> &'static GuestImage {
     static IMAGE: OnceLock<GuestImage> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let mut b = ImageBuilder::new().quiet(true);
+        let mut b =
+            ImageBuilder::new()
+                .quiet(true)
+                .extra_file("/pv-fb-pattern.raw", fb_pattern(), 0o644);
         for (name, script) in GUEST_TESTS {
             b = b.test_script(name, *script);
         }
@@ -516,4 +567,118 @@ cat guest.log
         (2..=15).contains(&secs),
         "shutdown took {secs} s with a 3 s grace:\n{log}"
     );
+}
+
+/// The PNG between `begin` and `end` marker lines, base64-encoded in the
+/// log, as width, height and RGB bytes.
+fn png_between(log: &str, begin: &str, end: &str) -> (u32, u32, Vec<u8>) {
+    let start = log.find(begin).expect("begin marker") + begin.len();
+    let stop = start + log[start..].find(end).expect("end marker");
+    let b64: String = log[start..stop]
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '+' || *c == '/' || *c == '=')
+        .collect();
+    let bytes = base64_decode(&b64);
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("PNG size")];
+    let info = reader.next_frame(&mut buf).expect("PNG frame");
+    buf.truncate(info.buffer_size());
+    // Screenshots are opaque RGB; accept RGBA too, keeping RGB.
+    let rgb = match info.color_type {
+        png::ColorType::Rgb => buf,
+        png::ColorType::Rgba => buf.chunks(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        other => panic!("unexpected PNG colour type {other:?}"),
+    };
+    (info.width, info.height, rgb)
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.as_bytes().chunks(4) {
+        let n = chunk.iter().filter(|&&c| c != b'=').count();
+        let v = chunk.iter().take(n).enumerate().fold(0u32, |acc, (i, &c)| {
+            acc | (u32::from(val(c)) << (18 - 6 * i))
+        });
+        out.extend_from_slice(&v.to_be_bytes()[1..n.max(1)]);
+    }
+    out
+}
+
+#[test]
+fn gpu_framebuffer_comes_back_pixel_exact_in_a_screenshot() {
+    let log = scenario(
+        &format!(
+            r#"{API_HELPERS}
+dd if=/dev/zero of=flag.img bs=1M count=1 2>/dev/null
+$PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img --cmdline "$CMDLINE pv.test=fbpattern" \
+    --disk path=flag.img --gpu width={FB_WIDTH},height={FB_HEIGHT} --display headless --api-socket pv.sock \
+    </dev/null > guest.log 2>&1 &
+PVPID=$!
+n=0; while ! grep -q PV-TEXT-SHOWN guest.log && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
+$PV ctl --socket pv.sock screenshot -o text.png; echo "HOST-SHOT1-RC=$?"
+echo "HOST-SHOT1-BEGIN"; base64 text.png; echo "HOST-SHOT1-END"
+$PV ctl --socket pv.sock screenshot --display 1 -o none.png 2>shot.err; echo "HOST-BAD-DISPLAY-RC=$?"
+echo "HOST-BAD-DISPLAY-ERR=$(cat shot.err)"
+echo "HOST-GO"
+printf GO | dd of=flag.img conv=notrunc 2>/dev/null
+n=0; while ! grep -q PV-PATTERN-SHOWN guest.log && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
+$PV ctl --socket pv.sock screenshot -o pattern.png; echo "HOST-SHOT2-RC=$?"
+echo "HOST-SHOT2-BEGIN"; base64 pattern.png; echo "HOST-SHOT2-END"
+echo "HOST-COUNTERS-BEGIN"; $PV ctl --socket pv.sock counters; echo "HOST-COUNTERS-END"
+$PV ctl --socket pv.sock power-button >/dev/null
+wait $PVPID; echo "HOST-PV-RC=$?"
+echo "HOST-GUEST-LOG-BEGIN"; cat guest.log
+"#
+        ),
+        &[],
+    );
+    let guest = &log[log.find("HOST-GUEST-LOG-BEGIN").expect("guest log")..];
+    assert!(
+        guest.contains(&format!("PV-FB0=virtio_gpudrmfb {FB_WIDTH},{FB_HEIGHT} 32")),
+        "virtio_gpu binds and fbcon uses the configured mode:\n{log}"
+    );
+    assert_eq!(value(guest, "", "PV-DRI-CARD0"), Some("yes"), "{log}");
+    assert_eq!(value(&log, "", "HOST-SHOT1-RC"), Some("0"), "{log}");
+    let (w, h, text) = png_between(&log, "HOST-SHOT1-BEGIN", "HOST-SHOT1-END");
+    assert_eq!((w, h), (FB_WIDTH, FB_HEIGHT));
+    let lit = text.chunks(3).filter(|p| *p != [0, 0, 0]).count();
+    assert!(lit > 200, "fbcon text is visible ({lit} lit pixels)");
+    assert_eq!(value(&log, "", "HOST-BAD-DISPLAY-RC"), Some("1"), "{log}");
+    assert!(
+        value(&log, "", "HOST-BAD-DISPLAY-ERR")
+            .unwrap_or("")
+            .contains("display 1"),
+        "{log}"
+    );
+    assert_eq!(value(&log, "", "HOST-SHOT2-RC"), Some("0"), "{log}");
+    let (w, h, shot) = png_between(&log, "HOST-SHOT2-BEGIN", "HOST-SHOT2-END");
+    assert_eq!((w, h), (FB_WIDTH, FB_HEIGHT));
+    let mut wrong = 0;
+    for y in 0..FB_HEIGHT {
+        for x in 0..FB_WIDTH {
+            let i = ((y * FB_WIDTH + x) * 3) as usize;
+            if shot[i..i + 3] != pattern_rgb(x, y) {
+                wrong += 1;
+            }
+        }
+    }
+    assert_eq!(
+        wrong, 0,
+        "{wrong} pixels differ from what the guest wrote to /dev/fb0"
+    );
+    let counters =
+        &log[log.find("HOST-COUNTERS-BEGIN").unwrap()..log.find("HOST-COUNTERS-END").unwrap()];
+    assert!(
+        counters.contains("virtio-gpu"),
+        "GPU counters are listed:\n{counters}"
+    );
+    assert_eq!(value(&log, "", "HOST-PV-RC"), Some("0"), "{log}");
 }

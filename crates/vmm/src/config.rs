@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use pv_devices::virtio::block::BlockParams;
+pub use pv_gpu::virtio_gpu::GpuParams;
 
 use crate::memory;
 
@@ -29,6 +30,11 @@ pub enum ConfigError {
     },
     #[error("invalid --serial '{0}': use tty, file=PATH or none")]
     Serial(String),
+    #[error("invalid --display '{0}': use headless, web, web=ADDR:PORT or window")]
+    Display(String),
+    #[error("--gpu: {0}")]
+    Gpu(String),
+
     #[error("disk {index}: {message}")]
     Disk { index: usize, message: String },
     #[error(transparent)]
@@ -90,6 +96,47 @@ impl std::str::FromStr for SerialMode {
     }
 }
 
+/// Where the guest's screens are shown (with `--gpu`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DisplayMode {
+    /// Kept in memory for screenshots only.
+    #[default]
+    Headless,
+    /// A web viewer on this address (keyboard and mouse go to the guest).
+    Web(std::net::SocketAddr),
+    /// A native window per scanout.
+    Window,
+}
+
+/// The web viewer's address when `--display web` names none.
+pub const DEFAULT_WEB_ADDR: &str = "127.0.0.1:8080";
+
+impl std::str::FromStr for DisplayMode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let err = || ConfigError::Display(s.to_string());
+        match s {
+            "headless" => Ok(DisplayMode::Headless),
+            "window" => Ok(DisplayMode::Window),
+            "web" => Ok(DisplayMode::Web(
+                DEFAULT_WEB_ADDR.parse().map_err(|_| err())?,
+            )),
+            _ => match s.strip_prefix("web=") {
+                Some(addr) => addr.parse().map(DisplayMode::Web).map_err(|_| err()),
+                None => Err(err()),
+            },
+        }
+    }
+}
+
+impl DisplayMode {
+    /// Whether this display sends keyboard and mouse to the guest.
+    pub fn takes_input(&self) -> bool {
+        !matches!(self, DisplayMode::Headless)
+    }
+}
+
 fn default_cpus() -> u8 {
     1
 }
@@ -125,6 +172,12 @@ pub struct VmConfig {
     /// Restart the guest when it reboots (otherwise exit).
     #[serde(default = "default_true")]
     pub reboot: bool,
+    /// A virtio-gpu device (2D) and its scanouts.
+    #[serde(default)]
+    pub gpu: Option<GpuParams>,
+    /// Where the GPU's scanouts are shown.
+    #[serde(default)]
+    pub display: DisplayMode,
 }
 
 impl VmConfig {
@@ -146,6 +199,14 @@ impl VmConfig {
             return Err(ConfigError::CmdlineTooLong {
                 max: crate::arch::x86_64::layout::CMDLINE_MAX_SIZE - 1,
             });
+        }
+        if let Some(gpu) = &self.gpu {
+            gpu.validate()
+                .map_err(|e| ConfigError::Gpu(e.to_string()))?;
+        } else if self.display != DisplayMode::Headless {
+            return Err(ConfigError::Gpu(
+                "a display needs a GPU: add --gpu".to_string(),
+            ));
         }
         for (index, disk) in self.disks.iter().enumerate() {
             disk.validate().map_err(|e| ConfigError::Disk {
@@ -206,6 +267,25 @@ mod tests {
         for bad in ["", "M", "12Q", "-1G", "1.5G", "99999999999T"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn display_modes() {
+        assert_eq!(
+            "headless".parse::<DisplayMode>().unwrap(),
+            DisplayMode::Headless
+        );
+        assert_eq!(
+            "web".parse::<DisplayMode>().unwrap(),
+            DisplayMode::Web("127.0.0.1:8080".parse().unwrap())
+        );
+        assert_eq!(
+            "web=0.0.0.0:9000".parse::<DisplayMode>().unwrap(),
+            DisplayMode::Web("0.0.0.0:9000".parse().unwrap())
+        );
+        assert!("web=nowhere".parse::<DisplayMode>().is_err());
+        assert!("vnc".parse::<DisplayMode>().is_err());
+        assert!(!DisplayMode::Headless.takes_input());
     }
 
     #[test]

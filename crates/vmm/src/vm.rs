@@ -17,9 +17,12 @@ use pv_devices::pci::{PciConfigIo, PciConfigMmio, PciSegment};
 use pv_devices::platform::{AcpiPm, I8042Reset, PlatformEvents, PlatformRequest, PowerButton};
 use pv_devices::serial::SerialPort;
 use pv_devices::virtio::block::{Block, BlockMetrics};
+use pv_devices::virtio::input::{InputDevice, InputHandle, InputKind};
 use pv_devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use pv_devices::virtio::rng::Rng;
 use pv_devices::virtio::VirtioDevice;
+use pv_display::{InputEvent, InputSink, ScanoutSink};
+use pv_gpu::virtio_gpu::VirtioGpu;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -165,6 +168,25 @@ pub struct Machine {
     vcpu_metrics: Vec<Arc<VcpuMetrics>>,
     vcpu_control: Arc<VcpuControl>,
     pci_devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
+    input: Option<Arc<InputRouter>>,
+}
+
+/// Where a GPU's scanouts go, and whether keyboard and mouse come back
+/// (virtio-input devices are added then).
+pub struct DisplaySetup {
+    pub sink: Arc<dyn ScanoutSink>,
+    pub with_input: bool,
+}
+
+/// Sends viewer input to the keyboard and the tablet (each takes its own).
+pub struct InputRouter(Vec<InputHandle>);
+
+impl InputSink for InputRouter {
+    fn send(&self, event: InputEvent) {
+        for h in &self.0 {
+            h.send(event);
+        }
+    }
 }
 
 /// Stops, pauses and resumes the vCPU threads of a machine.
@@ -382,6 +404,7 @@ impl Machine {
         config: &VmConfig,
         serial_out: Box<dyn Write + Send>,
         console: ConsoleInput,
+        display: Option<&DisplaySetup>,
     ) -> Result<Self, VmError> {
         let hv = KvmHypervisor::new()?;
         let vm: Arc<dyn Vm> = Arc::new(hv.create_vm(true)?);
@@ -451,6 +474,35 @@ impl Machine {
             })?;
             block_metrics.push(block.metrics());
             virtio.push((name, Box::new(block)));
+        }
+        let mut input = None;
+        if let Some(params) = &config.gpu {
+            let Some(display) = display else {
+                return Err(VmError::Device {
+                    name: "virtio-gpu".into(),
+                    source: "a GPU needs a display to show its scanouts".into(),
+                });
+            };
+            let gpu = VirtioGpu::new(params.clone(), display.sink.clone()).map_err(|e| {
+                VmError::Device {
+                    name: "virtio-gpu".into(),
+                    source: Box::new(e),
+                }
+            })?;
+            virtio.push(("virtio-gpu".into(), Box::new(gpu)));
+            if display.with_input {
+                let keyboard = InputDevice::new(InputKind::Keyboard);
+                let tablet = InputDevice::new(InputKind::Tablet {
+                    width: params.width,
+                    height: params.height,
+                });
+                input = Some(Arc::new(InputRouter(vec![
+                    keyboard.handle(),
+                    tablet.handle(),
+                ])));
+                virtio.push(("virtio-input-keyboard".into(), Box::new(keyboard)));
+                virtio.push(("virtio-input-tablet".into(), Box::new(tablet)));
+            }
         }
         if config.rng {
             let rng = Rng::new().map_err(|e| VmError::Device {
@@ -534,6 +586,7 @@ impl Machine {
             vcpu_metrics: (0..config.cpus).map(|_| Arc::default()).collect(),
             vcpu_control: VcpuControl::new(),
             pci_devices,
+            input,
         })
     }
 
@@ -550,6 +603,11 @@ impl Machine {
     /// Exit counters, one per vCPU.
     pub fn vcpu_metrics(&self) -> &[Arc<VcpuMetrics>] {
         &self.vcpu_metrics
+    }
+
+    /// Where viewer input goes for this machine (None without input devices).
+    pub fn input(&self) -> Option<Arc<dyn InputSink>> {
+        self.input.clone().map(|i| i as Arc<dyn InputSink>)
     }
 
     /// What the control plane needs to drive this machine once it runs.

@@ -1,0 +1,188 @@
+//! Counters of the virtio-gpu device.
+//!
+//! The worker updates a shared [`GpuMetrics`] with relaxed atomics; anyone
+//! holding the `Arc` reads it while the device runs. [`GpuMetrics::to_json`]
+//! gives the flat object `VirtioDevice::metrics` returns (numbers only, so
+//! the Prometheus rendering takes every field as it is).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::protocol::{GpuCommand, MAX_SCANOUTS};
+
+/// The commands counted by type, indexed by [`command_index`].
+pub const COMMAND_NAMES: [&str; 11] = [
+    "get_display_info",
+    "get_edid",
+    "resource_create_2d",
+    "resource_unref",
+    "set_scanout",
+    "resource_flush",
+    "transfer_to_host_2d",
+    "resource_attach_backing",
+    "resource_detach_backing",
+    "update_cursor",
+    "move_cursor",
+];
+
+/// Index of a command in [`COMMAND_NAMES`].
+pub fn command_index(cmd: &GpuCommand) -> usize {
+    match cmd {
+        GpuCommand::GetDisplayInfo => 0,
+        GpuCommand::GetEdid { .. } => 1,
+        GpuCommand::ResourceCreate2d { .. } => 2,
+        GpuCommand::ResourceUnref { .. } => 3,
+        GpuCommand::SetScanout { .. } => 4,
+        GpuCommand::ResourceFlush { .. } => 5,
+        GpuCommand::TransferToHost2d { .. } => 6,
+        GpuCommand::ResourceAttachBacking { .. } => 7,
+        GpuCommand::ResourceDetachBacking { .. } => 8,
+        GpuCommand::UpdateCursor { .. } => 9,
+        GpuCommand::MoveCursor { .. } => 10,
+    }
+}
+
+/// Live counters of one GPU.
+#[derive(Debug, Default)]
+pub struct GpuMetrics {
+    /// Commands decoded, by type ([`COMMAND_NAMES`] order).
+    pub commands: [AtomicU64; COMMAND_NAMES.len()],
+    /// Requests that could not be decoded (short, unknown type, bad chain).
+    pub invalid_commands: AtomicU64,
+    /// Responses with an error type.
+    pub errors: AtomicU64,
+    /// Live resources.
+    pub resources: AtomicU64,
+    /// Host bytes held by resources (pixels and backing tables).
+    pub host_bytes: AtomicU64,
+    /// Bytes copied from guest backing by TRANSFER_TO_HOST_2D.
+    pub bytes_transferred: AtomicU64,
+    /// Frames pushed to the sink, per scanout.
+    pub flushes: [AtomicU64; MAX_SCANOUTS],
+    /// Fenced commands completed.
+    pub fences: AtomicU64,
+    /// Commands timed, their total and largest latency in ns.
+    pub latency_count: AtomicU64,
+    pub latency_total_ns: AtomicU64,
+    pub latency_max_ns: AtomicU64,
+}
+
+/// A point-in-time copy of [`GpuMetrics`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GpuMetricsSnapshot {
+    pub commands: Vec<(String, u64)>,
+    pub invalid_commands: u64,
+    pub errors: u64,
+    pub resources: u64,
+    pub host_bytes: u64,
+    pub bytes_transferred: u64,
+    pub flushes: Vec<u64>,
+    pub fences: u64,
+    pub latency_mean_ns: u64,
+    pub latency_max_ns: u64,
+}
+
+impl GpuMetricsSnapshot {
+    /// The count of command `name` (a [`COMMAND_NAMES`] entry).
+    pub fn command(&self, name: &str) -> u64 {
+        self.commands
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v)
+    }
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Adds `n` to a counter.
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+impl GpuMetrics {
+    /// Records one command's latency.
+    pub fn record_latency(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        add(&self.latency_count, 1);
+        add(&self.latency_total_ns, ns);
+        self.latency_max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// Reads every counter; `flushes` for the first `scanouts` scanouts.
+    pub fn snapshot(&self, scanouts: usize) -> GpuMetricsSnapshot {
+        let count = get(&self.latency_count);
+        GpuMetricsSnapshot {
+            commands: COMMAND_NAMES
+                .iter()
+                .zip(&self.commands)
+                .map(|(n, c)| (n.to_string(), get(c)))
+                .collect(),
+            invalid_commands: get(&self.invalid_commands),
+            errors: get(&self.errors),
+            resources: get(&self.resources),
+            host_bytes: get(&self.host_bytes),
+            bytes_transferred: get(&self.bytes_transferred),
+            flushes: self.flushes[..scanouts.min(MAX_SCANOUTS)]
+                .iter()
+                .map(get)
+                .collect(),
+            fences: get(&self.fences),
+            latency_mean_ns: get(&self.latency_total_ns).checked_div(count).unwrap_or(0),
+            latency_max_ns: get(&self.latency_max_ns),
+        }
+    }
+
+    /// The flat JSON object of `VirtioDevice::metrics`: `commands_<type>`,
+    /// `commands_invalid`, `errors`, `resources_current`,
+    /// `host_bytes_current`, `transfer_bytes`, `flushes_scanout_<n>`,
+    /// `fences`, `command_latency_mean_ns`, `command_latency_max_ns`.
+    pub fn to_json(&self, scanouts: usize) -> serde_json::Value {
+        let s = self.snapshot(scanouts);
+        let mut m = serde_json::Map::new();
+        for (name, v) in &s.commands {
+            m.insert(format!("commands_{name}"), (*v).into());
+        }
+        m.insert("commands_invalid".into(), s.invalid_commands.into());
+        m.insert("errors".into(), s.errors.into());
+        m.insert("resources_current".into(), s.resources.into());
+        m.insert("host_bytes_current".into(), s.host_bytes.into());
+        m.insert("transfer_bytes".into(), s.bytes_transferred.into());
+        for (i, v) in s.flushes.iter().enumerate() {
+            m.insert(format!("flushes_scanout_{i}"), (*v).into());
+        }
+        m.insert("fences".into(), s.fences.into());
+        m.insert("command_latency_mean_ns".into(), s.latency_mean_ns.into());
+        m.insert("command_latency_max_ns".into(), s.latency_max_ns.into());
+        serde_json::Value::Object(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_and_json() {
+        let m = GpuMetrics::default();
+        add(&m.commands[5], 3);
+        add(&m.flushes[1], 2);
+        m.record_latency(Duration::from_nanos(100));
+        m.record_latency(Duration::from_nanos(300));
+        let s = m.snapshot(2);
+        assert_eq!(s.command("resource_flush"), 3);
+        assert_eq!(s.command("nonsense"), 0);
+        assert_eq!(s.flushes, vec![0, 2]);
+        assert_eq!((s.latency_mean_ns, s.latency_max_ns), (200, 300));
+        let j = m.to_json(2);
+        assert_eq!(j["commands_resource_flush"], 3);
+        assert_eq!(j["flushes_scanout_1"], 2);
+        assert!(j.get("flushes_scanout_2").is_none());
+        assert_eq!(j["command_latency_max_ns"], 300);
+        assert!(j.as_object().unwrap().values().all(|v| v.is_u64()));
+        assert_eq!(GpuMetrics::default().snapshot(1).latency_mean_ns, 0);
+    }
+}

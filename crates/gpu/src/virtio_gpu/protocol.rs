@@ -1,0 +1,863 @@
+//! The virtio-gpu wire format (virtio 1.3 §5.7.6): constants, requests
+//! decoded from the bytes the driver wrote, and responses encoded into bytes
+//! for the device-writable part of the chain.
+//!
+//! Everything is little-endian and decoded by hand from a byte slice (no
+//! `unsafe`, no alignment assumptions). [`GpuCommand::decode`] checks the
+//! length of every request against its struct (padding included) and bounds
+//! the only variable-length part, RESOURCE_ATTACH_BACKING's entries, by
+//! [`MAX_BACKING_ENTRIES`]. Values inside a request (ids, rectangles,
+//! offsets, formats) are checked where they are used.
+
+use pv_display::{PixelFormat, Rect};
+
+/// Feature bit: 3D (virgl) commands. Not offered by the 2D device.
+pub const VIRTIO_GPU_F_VIRGL: u32 = 0;
+/// Feature bit: GET_EDID is supported.
+pub const VIRTIO_GPU_F_EDID: u32 = 1;
+
+/// Scanouts the protocol can describe (`VIRTIO_GPU_MAX_SCANOUTS`).
+pub const MAX_SCANOUTS: usize = 16;
+/// Config-space event: the display configuration changed.
+pub const EVENT_DISPLAY: u32 = 1 << 0;
+
+/// Request flag: the driver wants a fence for this command.
+pub const FLAG_FENCE: u32 = 1 << 0;
+/// Request flag: `ring_idx` is meaningful (with FLAG_FENCE).
+pub const FLAG_INFO_RING_IDX: u32 = 1 << 1;
+
+// 2D commands.
+pub const CMD_GET_DISPLAY_INFO: u32 = 0x0100;
+pub const CMD_RESOURCE_CREATE_2D: u32 = 0x0101;
+pub const CMD_RESOURCE_UNREF: u32 = 0x0102;
+pub const CMD_SET_SCANOUT: u32 = 0x0103;
+pub const CMD_RESOURCE_FLUSH: u32 = 0x0104;
+pub const CMD_TRANSFER_TO_HOST_2D: u32 = 0x0105;
+pub const CMD_RESOURCE_ATTACH_BACKING: u32 = 0x0106;
+pub const CMD_RESOURCE_DETACH_BACKING: u32 = 0x0107;
+pub const CMD_GET_CAPSET_INFO: u32 = 0x0108;
+pub const CMD_GET_CAPSET: u32 = 0x0109;
+pub const CMD_GET_EDID: u32 = 0x010a;
+// Cursor commands.
+pub const CMD_UPDATE_CURSOR: u32 = 0x0300;
+pub const CMD_MOVE_CURSOR: u32 = 0x0301;
+
+// Success responses.
+pub const RESP_OK_NODATA: u32 = 0x1100;
+pub const RESP_OK_DISPLAY_INFO: u32 = 0x1101;
+pub const RESP_OK_EDID: u32 = 0x1104;
+// Error responses.
+pub const RESP_ERR_UNSPEC: u32 = 0x1200;
+pub const RESP_ERR_OUT_OF_MEMORY: u32 = 0x1201;
+pub const RESP_ERR_INVALID_SCANOUT_ID: u32 = 0x1202;
+pub const RESP_ERR_INVALID_RESOURCE_ID: u32 = 0x1203;
+pub const RESP_ERR_INVALID_CONTEXT_ID: u32 = 0x1204;
+pub const RESP_ERR_INVALID_PARAMETER: u32 = 0x1205;
+
+// Formats (`enum virtio_gpu_formats`).
+pub const FORMAT_B8G8R8A8_UNORM: u32 = 1;
+pub const FORMAT_B8G8R8X8_UNORM: u32 = 2;
+pub const FORMAT_A8R8G8B8_UNORM: u32 = 3;
+pub const FORMAT_X8R8G8B8_UNORM: u32 = 4;
+pub const FORMAT_R8G8B8A8_UNORM: u32 = 67;
+pub const FORMAT_X8B8G8R8_UNORM: u32 = 68;
+pub const FORMAT_A8B8G8R8_UNORM: u32 = 121;
+pub const FORMAT_R8G8B8X8_UNORM: u32 = 134;
+
+/// Length of `struct virtio_gpu_ctrl_hdr`.
+pub const HDR_LEN: usize = 24;
+/// Length of `struct virtio_gpu_mem_entry`.
+pub const MEM_ENTRY_LEN: usize = 16;
+/// Length of `struct virtio_gpu_resource_attach_backing` (before its entries).
+pub const ATTACH_BACKING_LEN: usize = HDR_LEN + 8;
+/// The most backing entries one RESOURCE_ATTACH_BACKING may carry (Linux
+/// sends one per contiguous run of pages; 16384 covers 64 MiB of scattered
+/// 4 KiB pages).
+pub const MAX_BACKING_ENTRIES: u32 = 16384;
+/// The longest request the device reads: ATTACH_BACKING with the most entries.
+pub const MAX_REQUEST_LEN: usize =
+    ATTACH_BACKING_LEN + MAX_BACKING_ENTRIES as usize * MEM_ENTRY_LEN;
+/// Length of `struct virtio_gpu_resp_display_info`.
+pub const DISPLAY_INFO_LEN: usize = HDR_LEN + MAX_SCANOUTS * 24;
+/// Bytes of EDID data `struct virtio_gpu_resp_edid` can carry.
+pub const EDID_MAX: usize = 1024;
+/// Length of `struct virtio_gpu_resp_edid`.
+pub const EDID_RESP_LEN: usize = HDR_LEN + 8 + EDID_MAX;
+
+/// Why a request could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("request is {0} bytes, shorter than its 24-byte header")]
+    ShortHeader(usize),
+    #[error("{name} request is {got} bytes, expected {need}")]
+    Short {
+        name: &'static str,
+        need: usize,
+        got: usize,
+    },
+    #[error("unknown or unsupported command type {0:#x}")]
+    Unknown(u32),
+    #[error("{0} backing entries, more than the limit of 16384")]
+    TooManyEntries(u32),
+}
+
+impl DecodeError {
+    /// The response type the driver gets for this error.
+    pub fn response_type(&self) -> u32 {
+        match self {
+            Self::TooManyEntries(_) => RESP_ERR_INVALID_PARAMETER,
+            _ => RESP_ERR_UNSPEC,
+        }
+    }
+}
+
+/// `struct virtio_gpu_ctrl_hdr`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtrlHdr {
+    pub type_: u32,
+    pub flags: u32,
+    pub fence_id: u64,
+    pub ctx_id: u32,
+    pub ring_idx: u8,
+}
+
+impl CtrlHdr {
+    /// Decodes the header at the start of `buf`.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        if buf.len() < HDR_LEN {
+            return Err(DecodeError::ShortHeader(buf.len()));
+        }
+        let mut r = Reader::new(buf);
+        Ok(Self {
+            type_: r.u32(),
+            flags: r.u32(),
+            fence_id: r.u64(),
+            ctx_id: r.u32(),
+            ring_idx: buf[20],
+        })
+    }
+
+    /// Whether the driver asked for a fence.
+    pub fn fenced(&self) -> bool {
+        self.flags & FLAG_FENCE != 0
+    }
+
+    /// The header of the response to this request: `type_`, and for a
+    /// fenced request the FENCE flag with fence_id, ctx_id (and ring_idx
+    /// with INFO_RING_IDX) echoed.
+    pub fn response(&self, type_: u32) -> CtrlHdr {
+        if !self.fenced() {
+            return CtrlHdr {
+                type_,
+                ..CtrlHdr::default()
+            };
+        }
+        let ring = self.flags & FLAG_INFO_RING_IDX != 0;
+        CtrlHdr {
+            type_,
+            flags: FLAG_FENCE | (self.flags & FLAG_INFO_RING_IDX),
+            fence_id: self.fence_id,
+            ctx_id: self.ctx_id,
+            ring_idx: if ring { self.ring_idx } else { 0 },
+        }
+    }
+
+    /// Appends the 24 header bytes to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.type_.to_le_bytes());
+        out.extend_from_slice(&self.flags.to_le_bytes());
+        out.extend_from_slice(&self.fence_id.to_le_bytes());
+        out.extend_from_slice(&self.ctx_id.to_le_bytes());
+        out.extend_from_slice(&[self.ring_idx, 0, 0, 0]);
+    }
+}
+
+/// `struct virtio_gpu_mem_entry`: one guest-physical run of a resource's
+/// backing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemEntry {
+    pub addr: u64,
+    pub length: u32,
+}
+
+/// `struct virtio_gpu_cursor_pos`. Positions are signed on the host side:
+/// Linux writes a plane's (possibly negative) `crtc_x`/`crtc_y` into them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorPos {
+    pub scanout_id: u32,
+    pub x: i32,
+    pub y: i32,
+}
+
+/// A decoded request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuCommand {
+    GetDisplayInfo,
+    GetEdid {
+        scanout_id: u32,
+    },
+    ResourceCreate2d {
+        resource_id: u32,
+        format: u32,
+        width: u32,
+        height: u32,
+    },
+    ResourceUnref {
+        resource_id: u32,
+    },
+    SetScanout {
+        rect: Rect,
+        scanout_id: u32,
+        resource_id: u32,
+    },
+    ResourceFlush {
+        rect: Rect,
+        resource_id: u32,
+    },
+    TransferToHost2d {
+        rect: Rect,
+        offset: u64,
+        resource_id: u32,
+    },
+    ResourceAttachBacking {
+        resource_id: u32,
+        entries: Vec<MemEntry>,
+    },
+    ResourceDetachBacking {
+        resource_id: u32,
+    },
+    UpdateCursor {
+        pos: CursorPos,
+        resource_id: u32,
+        hot_x: u32,
+        hot_y: u32,
+    },
+    MoveCursor {
+        pos: CursorPos,
+    },
+}
+
+impl GpuCommand {
+    /// Decodes a request from the device-readable bytes of a chain (`buf`
+    /// may hold more than the request; extra bytes are ignored).
+    pub fn decode(buf: &[u8]) -> Result<(CtrlHdr, GpuCommand), DecodeError> {
+        let hdr = CtrlHdr::decode(buf)?;
+        let need = |name: &'static str, len: usize| {
+            if buf.len() < len {
+                Err(DecodeError::Short {
+                    name,
+                    need: len,
+                    got: buf.len(),
+                })
+            } else {
+                Ok(Reader::new(&buf[HDR_LEN..len]))
+            }
+        };
+        let cmd = match hdr.type_ {
+            CMD_GET_DISPLAY_INFO => GpuCommand::GetDisplayInfo,
+            CMD_GET_EDID => {
+                let mut r = need("GET_EDID", HDR_LEN + 8)?;
+                GpuCommand::GetEdid {
+                    scanout_id: r.u32(),
+                }
+            }
+            CMD_RESOURCE_CREATE_2D => {
+                let mut r = need("RESOURCE_CREATE_2D", HDR_LEN + 16)?;
+                GpuCommand::ResourceCreate2d {
+                    resource_id: r.u32(),
+                    format: r.u32(),
+                    width: r.u32(),
+                    height: r.u32(),
+                }
+            }
+            CMD_RESOURCE_UNREF => {
+                let mut r = need("RESOURCE_UNREF", HDR_LEN + 8)?;
+                GpuCommand::ResourceUnref {
+                    resource_id: r.u32(),
+                }
+            }
+            CMD_SET_SCANOUT => {
+                let mut r = need("SET_SCANOUT", HDR_LEN + 24)?;
+                GpuCommand::SetScanout {
+                    rect: r.rect(),
+                    scanout_id: r.u32(),
+                    resource_id: r.u32(),
+                }
+            }
+            CMD_RESOURCE_FLUSH => {
+                let mut r = need("RESOURCE_FLUSH", HDR_LEN + 24)?;
+                GpuCommand::ResourceFlush {
+                    rect: r.rect(),
+                    resource_id: r.u32(),
+                }
+            }
+            CMD_TRANSFER_TO_HOST_2D => {
+                let mut r = need("TRANSFER_TO_HOST_2D", HDR_LEN + 32)?;
+                GpuCommand::TransferToHost2d {
+                    rect: r.rect(),
+                    offset: r.u64(),
+                    resource_id: r.u32(),
+                }
+            }
+            CMD_RESOURCE_ATTACH_BACKING => {
+                let mut r = need("RESOURCE_ATTACH_BACKING", ATTACH_BACKING_LEN)?;
+                let resource_id = r.u32();
+                let nr_entries = r.u32();
+                if nr_entries > MAX_BACKING_ENTRIES {
+                    return Err(DecodeError::TooManyEntries(nr_entries));
+                }
+                // At most 16384 * 16 bytes: no overflow.
+                let len = ATTACH_BACKING_LEN + nr_entries as usize * MEM_ENTRY_LEN;
+                let mut r = need("RESOURCE_ATTACH_BACKING", len)?;
+                r.skip(8);
+                let entries = (0..nr_entries)
+                    .map(|_| {
+                        let addr = r.u64();
+                        let length = r.u32();
+                        r.skip(4);
+                        MemEntry { addr, length }
+                    })
+                    .collect();
+                GpuCommand::ResourceAttachBacking {
+                    resource_id,
+                    entries,
+                }
+            }
+            CMD_RESOURCE_DETACH_BACKING => {
+                let mut r = need("RESOURCE_DETACH_BACKING", HDR_LEN + 8)?;
+                GpuCommand::ResourceDetachBacking {
+                    resource_id: r.u32(),
+                }
+            }
+            CMD_UPDATE_CURSOR => {
+                let mut r = need("UPDATE_CURSOR", HDR_LEN + 32)?;
+                let pos = r.cursor_pos();
+                GpuCommand::UpdateCursor {
+                    pos,
+                    resource_id: r.u32(),
+                    hot_x: r.u32(),
+                    hot_y: r.u32(),
+                }
+            }
+            CMD_MOVE_CURSOR => {
+                let mut r = need("MOVE_CURSOR", HDR_LEN + 32)?;
+                GpuCommand::MoveCursor {
+                    pos: r.cursor_pos(),
+                }
+            }
+            t => return Err(DecodeError::Unknown(t)),
+        };
+        Ok((hdr, cmd))
+    }
+
+    /// The command's name as the spec spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::GetDisplayInfo => "GET_DISPLAY_INFO",
+            Self::GetEdid { .. } => "GET_EDID",
+            Self::ResourceCreate2d { .. } => "RESOURCE_CREATE_2D",
+            Self::ResourceUnref { .. } => "RESOURCE_UNREF",
+            Self::SetScanout { .. } => "SET_SCANOUT",
+            Self::ResourceFlush { .. } => "RESOURCE_FLUSH",
+            Self::TransferToHost2d { .. } => "TRANSFER_TO_HOST_2D",
+            Self::ResourceAttachBacking { .. } => "RESOURCE_ATTACH_BACKING",
+            Self::ResourceDetachBacking { .. } => "RESOURCE_DETACH_BACKING",
+            Self::UpdateCursor { .. } => "UPDATE_CURSOR",
+            Self::MoveCursor { .. } => "MOVE_CURSOR",
+        }
+    }
+}
+
+/// The pixel layout of a virtio-gpu format number (the names agree: both
+/// give the byte order in memory).
+pub fn pixel_format(format: u32) -> Option<PixelFormat> {
+    Some(match format {
+        FORMAT_B8G8R8A8_UNORM => PixelFormat::B8G8R8A8,
+        FORMAT_B8G8R8X8_UNORM => PixelFormat::B8G8R8X8,
+        FORMAT_A8R8G8B8_UNORM => PixelFormat::A8R8G8B8,
+        FORMAT_X8R8G8B8_UNORM => PixelFormat::X8R8G8B8,
+        FORMAT_R8G8B8A8_UNORM => PixelFormat::R8G8B8A8,
+        FORMAT_X8B8G8R8_UNORM => PixelFormat::X8B8G8R8,
+        FORMAT_A8B8G8R8_UNORM => PixelFormat::A8B8G8R8,
+        FORMAT_R8G8B8X8_UNORM => PixelFormat::R8G8B8X8,
+        _ => return None,
+    })
+}
+
+/// One scanout's entry in GET_DISPLAY_INFO (`struct virtio_gpu_display_one`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DisplayOne {
+    pub rect: Rect,
+    pub enabled: bool,
+}
+
+/// A response's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    OkNoData,
+    /// Up to [`MAX_SCANOUTS`] entries; the rest are zero.
+    OkDisplayInfo(Vec<DisplayOne>),
+    /// EDID bytes (at most [`EDID_MAX`]).
+    OkEdid(Vec<u8>),
+    /// An error response type (`RESP_ERR_*`).
+    Err(u32),
+}
+
+impl Response {
+    /// The response type.
+    pub fn type_(&self) -> u32 {
+        match self {
+            Self::OkNoData => RESP_OK_NODATA,
+            Self::OkDisplayInfo(_) => RESP_OK_DISPLAY_INFO,
+            Self::OkEdid(_) => RESP_OK_EDID,
+            Self::Err(t) => *t,
+        }
+    }
+
+    /// Encoded length in bytes.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Self::OkDisplayInfo(_) => DISPLAY_INFO_LEN,
+            Self::OkEdid(_) => EDID_RESP_LEN,
+            _ => HDR_LEN,
+        }
+    }
+
+    /// Whether the response is an error.
+    pub fn is_err(&self) -> bool {
+        matches!(self, Self::Err(_))
+    }
+
+    /// Replaces `out` with the encoded response to the request `req`.
+    pub fn encode(&self, req: &CtrlHdr, out: &mut Vec<u8>) {
+        out.clear();
+        req.response(self.type_()).encode(out);
+        match self {
+            Self::OkNoData | Self::Err(_) => {}
+            Self::OkDisplayInfo(displays) => {
+                for i in 0..MAX_SCANOUTS {
+                    let d = displays.get(i).copied().unwrap_or_default();
+                    for v in [d.rect.x, d.rect.y, d.rect.width, d.rect.height] {
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                    out.extend_from_slice(&u32::from(d.enabled).to_le_bytes());
+                    out.extend_from_slice(&0u32.to_le_bytes());
+                }
+            }
+            Self::OkEdid(edid) => {
+                let n = edid.len().min(EDID_MAX);
+                out.extend_from_slice(&(n as u32).to_le_bytes());
+                out.extend_from_slice(&0u32.to_le_bytes());
+                out.extend_from_slice(&edid[..n]);
+                out.resize(EDID_RESP_LEN, 0);
+            }
+        }
+    }
+}
+
+/// Reads little-endian fields from a slice the caller sized beforehand.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf }
+    }
+
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        // Callers size the buffer first; a short one reads zeroes rather
+        // than panicking.
+        let mut out = [0u8; N];
+        let n = N.min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        self.buf = &self.buf[n..];
+        out
+    }
+
+    fn skip(&mut self, n: usize) {
+        self.buf = &self.buf[n.min(self.buf.len())..];
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+
+    fn rect(&mut self) -> Rect {
+        Rect::new(self.u32(), self.u32(), self.u32(), self.u32())
+    }
+
+    fn cursor_pos(&mut self) -> CursorPos {
+        let scanout_id = self.u32();
+        let x = self.u32() as i32;
+        let y = self.u32() as i32;
+        self.skip(4);
+        CursorPos { scanout_id, x, y }
+    }
+}
+
+/// Request encoders, the driver's side of the wire format (for tests and
+/// benchmarks).
+pub mod encode {
+    use super::*;
+
+    /// A request header of type `type_` with `flags` and `fence_id`.
+    pub fn hdr(type_: u32, flags: u32, fence_id: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HDR_LEN);
+        CtrlHdr {
+            type_,
+            flags,
+            fence_id,
+            ctx_id: 0,
+            ring_idx: 0,
+        }
+        .encode(&mut out);
+        out
+    }
+
+    fn with(type_: u32, fields: &[u32]) -> Vec<u8> {
+        let mut out = hdr(type_, 0, 0);
+        for f in fields {
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn get_display_info() -> Vec<u8> {
+        hdr(CMD_GET_DISPLAY_INFO, 0, 0)
+    }
+
+    pub fn get_edid(scanout_id: u32) -> Vec<u8> {
+        with(CMD_GET_EDID, &[scanout_id, 0])
+    }
+
+    pub fn resource_create_2d(resource_id: u32, format: u32, width: u32, height: u32) -> Vec<u8> {
+        with(
+            CMD_RESOURCE_CREATE_2D,
+            &[resource_id, format, width, height],
+        )
+    }
+
+    pub fn resource_unref(resource_id: u32) -> Vec<u8> {
+        with(CMD_RESOURCE_UNREF, &[resource_id, 0])
+    }
+
+    pub fn set_scanout(scanout_id: u32, resource_id: u32, r: Rect) -> Vec<u8> {
+        with(
+            CMD_SET_SCANOUT,
+            &[r.x, r.y, r.width, r.height, scanout_id, resource_id],
+        )
+    }
+
+    pub fn resource_flush(resource_id: u32, r: Rect) -> Vec<u8> {
+        with(
+            CMD_RESOURCE_FLUSH,
+            &[r.x, r.y, r.width, r.height, resource_id, 0],
+        )
+    }
+
+    pub fn transfer_to_host_2d(resource_id: u32, r: Rect, offset: u64) -> Vec<u8> {
+        let mut out = with(CMD_TRANSFER_TO_HOST_2D, &[r.x, r.y, r.width, r.height]);
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&resource_id.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out
+    }
+
+    /// ATTACH_BACKING with `entries` as (address, length).
+    pub fn resource_attach_backing(resource_id: u32, entries: &[(u64, u32)]) -> Vec<u8> {
+        let mut out = with(
+            CMD_RESOURCE_ATTACH_BACKING,
+            &[resource_id, entries.len() as u32],
+        );
+        for &(addr, len) in entries {
+            out.extend_from_slice(&addr.to_le_bytes());
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn resource_detach_backing(resource_id: u32) -> Vec<u8> {
+        with(CMD_RESOURCE_DETACH_BACKING, &[resource_id, 0])
+    }
+
+    pub fn update_cursor(
+        scanout_id: u32,
+        x: i32,
+        y: i32,
+        resource_id: u32,
+        hot_x: u32,
+        hot_y: u32,
+    ) -> Vec<u8> {
+        with(
+            CMD_UPDATE_CURSOR,
+            &[
+                scanout_id,
+                x as u32,
+                y as u32,
+                0,
+                resource_id,
+                hot_x,
+                hot_y,
+                0,
+            ],
+        )
+    }
+
+    pub fn move_cursor(scanout_id: u32, x: i32, y: i32) -> Vec<u8> {
+        with(
+            CMD_MOVE_CURSOR,
+            &[scanout_id, x as u32, y as u32, 0, 0, 0, 0, 0],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip_and_fence_echo() {
+        let mut buf = encode::hdr(CMD_GET_DISPLAY_INFO, FLAG_FENCE | FLAG_INFO_RING_IDX, 77);
+        buf[16..20].copy_from_slice(&5u32.to_le_bytes());
+        buf[20] = 3;
+        let hdr = CtrlHdr::decode(&buf).unwrap();
+        assert_eq!(
+            hdr,
+            CtrlHdr {
+                type_: CMD_GET_DISPLAY_INFO,
+                flags: FLAG_FENCE | FLAG_INFO_RING_IDX,
+                fence_id: 77,
+                ctx_id: 5,
+                ring_idx: 3,
+            }
+        );
+        let resp = hdr.response(RESP_OK_NODATA);
+        assert_eq!(resp.flags, FLAG_FENCE | FLAG_INFO_RING_IDX);
+        assert_eq!((resp.fence_id, resp.ctx_id, resp.ring_idx), (77, 5, 3));
+
+        // Without FENCE nothing is echoed.
+        let plain = CtrlHdr { flags: 0, ..hdr }.response(RESP_OK_NODATA);
+        assert_eq!(
+            plain,
+            CtrlHdr {
+                type_: RESP_OK_NODATA,
+                ..CtrlHdr::default()
+            }
+        );
+        // FENCE alone: ring_idx is not echoed.
+        let fence = CtrlHdr {
+            flags: FLAG_FENCE,
+            ..hdr
+        }
+        .response(RESP_OK_NODATA);
+        assert_eq!((fence.flags, fence.ring_idx), (FLAG_FENCE, 0));
+    }
+
+    #[test]
+    fn decodes_every_command() {
+        let r = Rect::new(1, 2, 3, 4);
+        let cases = [
+            (encode::get_display_info(), GpuCommand::GetDisplayInfo),
+            (encode::get_edid(3), GpuCommand::GetEdid { scanout_id: 3 }),
+            (
+                encode::resource_create_2d(7, FORMAT_X8R8G8B8_UNORM, 640, 480),
+                GpuCommand::ResourceCreate2d {
+                    resource_id: 7,
+                    format: FORMAT_X8R8G8B8_UNORM,
+                    width: 640,
+                    height: 480,
+                },
+            ),
+            (
+                encode::resource_unref(7),
+                GpuCommand::ResourceUnref { resource_id: 7 },
+            ),
+            (
+                encode::set_scanout(1, 7, r),
+                GpuCommand::SetScanout {
+                    rect: r,
+                    scanout_id: 1,
+                    resource_id: 7,
+                },
+            ),
+            (
+                encode::resource_flush(7, r),
+                GpuCommand::ResourceFlush {
+                    rect: r,
+                    resource_id: 7,
+                },
+            ),
+            (
+                encode::transfer_to_host_2d(7, r, 1 << 40),
+                GpuCommand::TransferToHost2d {
+                    rect: r,
+                    offset: 1 << 40,
+                    resource_id: 7,
+                },
+            ),
+            (
+                encode::resource_attach_backing(7, &[(0x1000, 4096), (1 << 33, 8192)]),
+                GpuCommand::ResourceAttachBacking {
+                    resource_id: 7,
+                    entries: vec![
+                        MemEntry {
+                            addr: 0x1000,
+                            length: 4096,
+                        },
+                        MemEntry {
+                            addr: 1 << 33,
+                            length: 8192,
+                        },
+                    ],
+                },
+            ),
+            (
+                encode::resource_detach_backing(7),
+                GpuCommand::ResourceDetachBacking { resource_id: 7 },
+            ),
+            (
+                encode::update_cursor(1, -5, 10, 7, 2, 3),
+                GpuCommand::UpdateCursor {
+                    pos: CursorPos {
+                        scanout_id: 1,
+                        x: -5,
+                        y: 10,
+                    },
+                    resource_id: 7,
+                    hot_x: 2,
+                    hot_y: 3,
+                },
+            ),
+            (
+                encode::move_cursor(0, 100, -1),
+                GpuCommand::MoveCursor {
+                    pos: CursorPos {
+                        scanout_id: 0,
+                        x: 100,
+                        y: -1,
+                    },
+                },
+            ),
+        ];
+        for (bytes, want) in cases {
+            let (hdr, cmd) = GpuCommand::decode(&bytes).unwrap();
+            assert_eq!(cmd, want);
+            assert_eq!(hdr.flags, 0);
+            assert!(!cmd.name().is_empty());
+            // One byte short of any fixed part is refused.
+            if bytes.len() > HDR_LEN {
+                let err = GpuCommand::decode(&bytes[..bytes.len() - 1]).unwrap_err();
+                assert!(matches!(err, DecodeError::Short { .. }), "{err}");
+                assert_eq!(err.response_type(), RESP_ERR_UNSPEC);
+            }
+            // Trailing bytes are ignored.
+            let mut long = bytes.clone();
+            long.extend_from_slice(&[0xaa; 9]);
+            assert_eq!(GpuCommand::decode(&long).unwrap().1, want);
+        }
+    }
+
+    #[test]
+    fn decode_errors() {
+        assert_eq!(
+            GpuCommand::decode(&[0; 23]).unwrap_err(),
+            DecodeError::ShortHeader(23)
+        );
+        for t in [
+            0,
+            CMD_GET_CAPSET_INFO,
+            CMD_GET_CAPSET,
+            0x0200,
+            0x1100,
+            u32::MAX,
+        ] {
+            let err = GpuCommand::decode(&encode::hdr(t, 0, 0)).unwrap_err();
+            assert_eq!(err, DecodeError::Unknown(t));
+            assert_eq!(err.response_type(), RESP_ERR_UNSPEC);
+        }
+        let mut too_many = encode::resource_attach_backing(1, &[]);
+        too_many[28..32].copy_from_slice(&(MAX_BACKING_ENTRIES + 1).to_le_bytes());
+        let err = GpuCommand::decode(&too_many).unwrap_err();
+        assert_eq!(err, DecodeError::TooManyEntries(MAX_BACKING_ENTRIES + 1));
+        assert_eq!(err.response_type(), RESP_ERR_INVALID_PARAMETER);
+        too_many[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(GpuCommand::decode(&too_many).is_err());
+        // nr_entries promises more than the request holds.
+        let mut short = encode::resource_attach_backing(1, &[(0, 4096)]);
+        short[28..32].copy_from_slice(&2u32.to_le_bytes());
+        assert_eq!(
+            GpuCommand::decode(&short).unwrap_err(),
+            DecodeError::Short {
+                name: "RESOURCE_ATTACH_BACKING",
+                need: 64,
+                got: 48
+            }
+        );
+    }
+
+    #[test]
+    fn formats() {
+        let all = [
+            (1, PixelFormat::B8G8R8A8),
+            (2, PixelFormat::B8G8R8X8),
+            (3, PixelFormat::A8R8G8B8),
+            (4, PixelFormat::X8R8G8B8),
+            (67, PixelFormat::R8G8B8A8),
+            (68, PixelFormat::X8B8G8R8),
+            (121, PixelFormat::A8B8G8R8),
+            (134, PixelFormat::R8G8B8X8),
+        ];
+        for (n, f) in all {
+            assert_eq!(pixel_format(n), Some(f));
+        }
+        for n in [0, 5, 66, 100, 135, u32::MAX] {
+            assert_eq!(pixel_format(n), None);
+        }
+    }
+
+    #[test]
+    fn encodes_responses() {
+        let req = CtrlHdr {
+            type_: CMD_GET_DISPLAY_INFO,
+            flags: FLAG_FENCE,
+            fence_id: 9,
+            ctx_id: 0,
+            ring_idx: 0,
+        };
+        let mut out = Vec::new();
+        Response::OkNoData.encode(&req, &mut out);
+        assert_eq!(out.len(), HDR_LEN);
+        assert_eq!(&out[..4], &RESP_OK_NODATA.to_le_bytes());
+        assert_eq!(&out[4..8], &FLAG_FENCE.to_le_bytes());
+        assert_eq!(&out[8..16], &9u64.to_le_bytes());
+
+        let info = Response::OkDisplayInfo(vec![DisplayOne {
+            rect: Rect::new(0, 0, 1280, 800),
+            enabled: true,
+        }]);
+        info.encode(&req, &mut out);
+        assert_eq!(out.len(), DISPLAY_INFO_LEN);
+        assert_eq!(out.len(), info.encoded_len());
+        assert_eq!(&out[32..36], &1280u32.to_le_bytes());
+        assert_eq!(&out[36..40], &800u32.to_le_bytes());
+        assert_eq!(&out[40..44], &1u32.to_le_bytes());
+        assert!(out[48..].iter().all(|&b| b == 0));
+
+        let edid = Response::OkEdid(vec![0xab; 128]);
+        edid.encode(&req, &mut out);
+        assert_eq!(out.len(), EDID_RESP_LEN);
+        assert_eq!(&out[24..28], &128u32.to_le_bytes());
+        assert_eq!(out[32], 0xab);
+        assert_eq!(out[32 + 128], 0);
+
+        Response::Err(RESP_ERR_INVALID_PARAMETER).encode(&req, &mut out);
+        assert_eq!(&out[..4], &RESP_ERR_INVALID_PARAMETER.to_le_bytes());
+        assert_eq!(out.len(), HDR_LEN);
+    }
+}
