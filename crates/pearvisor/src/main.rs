@@ -173,7 +173,11 @@ impl Screens {
         let Some(gpu) = &config.gpu else {
             return Ok(None);
         };
-        let display = Arc::new(Display::new(gpu.displays));
+        // The host copies of the scanouts count against the GPU's memory cap too.
+        let display = Arc::new(Display::with_pixel_budget(
+            gpu.displays,
+            gpu.max_hostmem / 4,
+        ));
         let input = Arc::new(InputSwitch::default());
         let web = match &config.display {
             DisplayMode::Headless => None,

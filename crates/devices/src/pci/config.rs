@@ -129,7 +129,7 @@ impl PciConfigSpace {
 
     /// Masked write of `data` at byte `offset` of register `reg`.
     pub fn write(&mut self, reg: usize, offset: usize, data: &[u8]) {
-        if reg >= NUM_REGS || offset + data.len() > 4 {
+        if reg >= NUM_REGS || offset.checked_add(data.len()).is_none_or(|end| end > 4) {
             return;
         }
         for (i, b) in data.iter().enumerate() {

@@ -323,9 +323,9 @@ impl VirtioDevice for InputDevice {
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         for (i, b) in data.iter().enumerate() {
-            match offset + i as u64 {
-                0 => self.select = *b,
-                1 => self.subsel = *b,
+            match offset.checked_add(i as u64) {
+                Some(0) => self.select = *b,
+                Some(1) => self.subsel = *b,
                 _ => {}
             }
         }

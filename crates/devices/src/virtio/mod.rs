@@ -11,6 +11,8 @@
 pub mod block;
 pub mod input;
 pub mod pci;
+#[cfg(test)]
+mod pci_adversarial;
 pub mod rng;
 pub mod worker;
 

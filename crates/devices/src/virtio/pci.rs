@@ -339,8 +339,9 @@ impl VirtioPciDevice {
             Err(e) => {
                 log::error!("{}: activation failed: {e}", self.name);
                 self.status |= STATUS_NEEDS_RESET;
-                // The kicks went with the context; make fresh ones impossible
-                // to lose by resetting at the next status write of 0.
+                // The kick eventfds went with the context and are gone: the
+                // device cannot be activated again (this needs a device whose
+                // worker thread fails to start, not a guest action).
             }
         }
     }

@@ -46,6 +46,9 @@ where
                 return false;
             }
         };
+        // A ring that claims buffers but yields none (a bad head index) must
+        // not make the worker spin.
+        let stuck = chains.is_empty();
         for chain in chains {
             let head = chain.head_index();
             let len = handle(chain);
@@ -56,7 +59,11 @@ where
             used_any = true;
         }
         match queue.enable_notification(mem) {
-            Ok(true) => continue,
+            Ok(true) if !stuck => continue,
+            Ok(true) => {
+                log::warn!("virtio queue: the available ring names buffers that don't exist");
+                break;
+            }
             Ok(false) => break,
             Err(e) => {
                 log::warn!("virtio queue: cannot enable notifications: {e}");

@@ -1,3 +1,4 @@
+//! Unit tests of the headless display store.
 use super::*;
 use crate::encode::tests::decode_rgba;
 use crate::PixelFormat;

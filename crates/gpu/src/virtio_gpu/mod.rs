@@ -33,6 +33,8 @@ pub mod resources;
 pub mod scanout;
 
 #[cfg(test)]
+mod adversarial;
+#[cfg(test)]
 mod tests;
 
 pub use backend::{BackendError, BackendUsage, GpuBackend, ResourceInfo, ResourceView};

@@ -57,6 +57,8 @@ impl Backing {
             }
             runs.push(e);
         }
+        // Hold (and charge) only the runs kept, not one slot per entry sent.
+        runs.shrink_to_fit();
         let mut starts = Vec::with_capacity(runs.len());
         let mut len = 0u64;
         for e in &runs {
@@ -698,6 +700,21 @@ mod tests {
         assert_eq!(b.len, 16486);
         let big = Backing::new(vec![entry(0, u32::MAX), entry(u64::from(u32::MAX), 2)]);
         assert_eq!(big.entries.len(), 2);
+    }
+
+    /// Regression: the runs kept the capacity of every entry the guest
+    /// sent, so 16384 entries merging into one run held 256 KiB of host
+    /// memory while 24 bytes were charged against `max_hostmem`.
+    #[test]
+    fn merged_backing_holds_only_what_is_charged() {
+        let contiguous: Vec<MemEntry> = (0..16384).map(|i| entry(i * 16, 16)).collect();
+        let empty: Vec<MemEntry> = (0..16384).map(|i| entry(i, 0)).collect();
+        for (entries, runs) in [(contiguous, 1), (empty, 0)] {
+            let b = Backing::new(entries);
+            assert_eq!(b.entries.len(), runs);
+            assert_eq!(b.entries.capacity(), runs);
+            assert_eq!(b.starts.capacity(), runs);
+        }
     }
 
     #[test]
