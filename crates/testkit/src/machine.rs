@@ -140,6 +140,7 @@ pub struct NestedMachine {
     modules: Vec<String>,
     extra_cmdline: String,
     qemu: PathBuf,
+    forwards: Vec<(u16, u16)>,
 }
 
 impl Default for NestedMachine {
@@ -164,6 +165,7 @@ impl NestedMachine {
             cache_dir: None,
             kernel_package: None,
             modules: L1_MODULES.iter().map(|m| m.to_string()).collect(),
+            forwards: Vec::new(),
             extra_cmdline: String::new(),
             qemu: qemu::qemu_program(),
         }
@@ -268,6 +270,17 @@ impl NestedMachine {
         self
     }
 
+    /// Forwards TCP `127.0.0.1:host_port` on the host to `l1_port` in L1
+    /// (QEMU user networking; L1 gets a virtio-net interface at 10.0.2.15).
+    /// A server in L1 must listen on 0.0.0.0 or 10.0.2.15.
+    pub fn forward_tcp(mut self, host_port: u16, l1_port: u16) -> Self {
+        if self.forwards.is_empty() {
+            self.modules.push("virtio_net".into());
+        }
+        self.forwards.push((host_port, l1_port));
+        self
+    }
+
     /// Loads more kernel modules in L1 (dependencies are added), after the kvm chain.
     pub fn l1_module(mut self, name: impl Into<String>) -> Self {
         self.modules.push(name.into());
@@ -322,6 +335,11 @@ while read -r mod; do
     [ -n "$mod" ] || continue
     insmod "/lib/modules/$mod" || echo "L1: insmod $mod failed"
 done < /lib/modules/load.list
+if [ -e /sys/class/net/eth0 ]; then
+    ifconfig lo 127.0.0.1 up
+    ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up
+    route add default gw 10.0.2.2 2>/dev/null
+fi
 if [ -e /dev/kvm ]; then echo {L1_KVM_READY}; else echo {L1_NO_KVM}; fi
 cd /tmp
 {run}
@@ -391,6 +409,15 @@ poweroff -f
             ]);
         } else {
             cmd.args(["-serial", "stdio"]);
+        }
+        if !self.forwards.is_empty() {
+            let fwd: Vec<String> = self
+                .forwards
+                .iter()
+                .map(|(h, g)| format!("hostfwd=tcp:127.0.0.1:{h}-:{g}"))
+                .collect();
+            cmd.args(["-netdev", &format!("user,id=net0,{}", fwd.join(","))])
+                .args(["-device", "virtio-net-pci,netdev=net0,romfile="]);
         }
         let mut append = L1_CMDLINE.to_string();
         if !self.extra_cmdline.is_empty() {

@@ -38,6 +38,10 @@ struct Args {
     /// Give an L1 shell instead of running pearvisor (pearvisor is on PATH, the image in /l2).
     #[arg(long)]
     shell: bool,
+    /// Forward TCP HOST_PORT on the host's loopback to L1_PORT in L1
+    /// (repeatable), e.g. 8080:8080 for `--display web=0.0.0.0:8080`.
+    #[arg(long, value_name = "HOST_PORT:L1_PORT")]
+    forward: Vec<String>,
     /// Carry a host file or directory into L1 (repeatable).
     #[arg(long, value_name = "SRC:DEST")]
     carry: Vec<String>,
@@ -119,6 +123,16 @@ fn run() -> Result<ExitCode> {
         } else {
             machine.file(src, dest)
         };
+    }
+    for spec in &args.forward {
+        let parse = || -> Option<(u16, u16)> {
+            let (h, g) = spec.split_once(':')?;
+            Some((h.parse().ok()?, g.parse().ok()?))
+        };
+        let (host, l1) =
+            parse().with_context(|| format!("--forward {spec}: expected HOST_PORT:L1_PORT"))?;
+        machine = machine.forward_tcp(host, l1);
+        eprintln!("pv-nested: 127.0.0.1:{host} on this host reaches port {l1} in L1");
     }
     if let Some(secs) = args.timeout {
         machine = machine.timeout(Duration::from_secs(secs));
