@@ -343,16 +343,7 @@ impl VirtioDevice for InputDevice {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if ctx.queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: ctx.queues.len(),
-            });
-        }
-        let event_idx = ctx.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
-        for q in ctx.queues.iter_mut() {
-            q.queue.set_event_idx(event_idx);
-        }
+        ctx.prepare_queues(2)?;
         let wake = ctx.queues[0]
             .kick
             .try_clone()

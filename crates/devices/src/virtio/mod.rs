@@ -73,6 +73,25 @@ pub struct ActivateContext {
     pub notifications: Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl ActivateContext {
+    /// Checks that the driver set up `expected` queues and turns on event-index
+    /// suppression in each if the driver accepted it. Every device calls this
+    /// first in [`VirtioDevice::activate`].
+    pub fn prepare_queues(&mut self, expected: usize) -> Result<(), ActivateError> {
+        if self.queues.len() != expected {
+            return Err(ActivateError::QueueCount {
+                expected,
+                got: self.queues.len(),
+            });
+        }
+        let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        for q in &mut self.queues {
+            virtio_queue::QueueT::set_event_idx(&mut q.queue, event_idx);
+        }
+        Ok(())
+    }
+}
+
 /// Errors a device can report at activation.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{GuestMemoryBackend, ReadVolatile};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -125,16 +125,7 @@ impl VirtioDevice for Rng {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if ctx.queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: ctx.queues.len(),
-            });
-        }
-        let event_idx = ctx.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
-        for q in &mut ctx.queues {
-            q.queue.set_event_idx(event_idx);
-        }
+        ctx.prepare_queues(1)?;
         let handler = RngHandler::new(self.source.clone(), self.metrics.clone());
         let worker = Worker::spawn(THREAD_NAME, handler, ctx).map_err(ActivateError::Worker)?;
         self.worker = Some(worker);

@@ -9,7 +9,6 @@ use pv_devices::virtio::{
     VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use pv_display::ScanoutSink;
-use virtio_queue::QueueT;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::frontend::Frontend;
@@ -129,16 +128,7 @@ impl VirtioDevice for VirtioGpu {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if ctx.queues.len() != 2 {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                got: ctx.queues.len(),
-            });
-        }
-        let event_idx = ctx.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
-        for q in &mut ctx.queues {
-            q.queue.set_event_idx(event_idx);
-        }
+        ctx.prepare_queues(2)?;
         let edid = ctx.acked_features & (1 << VIRTIO_GPU_F_EDID) != 0;
         let frontend = Frontend::new(
             Box::new(Backend2d::new(self.params.max_hostmem)),

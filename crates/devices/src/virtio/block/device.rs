@@ -11,7 +11,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::metrics::BlockMetrics;
@@ -196,16 +196,7 @@ impl VirtioDevice for Block {
         if self.worker.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        if ctx.queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                got: ctx.queues.len(),
-            });
-        }
-        let event_idx = ctx.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
-        for q in &mut ctx.queues {
-            q.queue.set_event_idx(event_idx);
-        }
+        ctx.prepare_queues(1)?;
         let handler = BlockHandler {
             disk: self.disk.clone(),
             metrics: self.metrics.clone(),
