@@ -17,7 +17,7 @@ use pv_devices::pci::{PciConfigIo, PciConfigMmio, PciSegment};
 use pv_devices::platform::{AcpiPm, I8042Reset, PlatformEvents, PlatformRequest, PowerButton};
 use pv_devices::serial::SerialPort;
 use pv_devices::virtio::block::{Block, BlockMetrics};
-use pv_devices::virtio::input::{InputDevice, InputHandle, InputKind};
+use pv_devices::virtio::input::{InputDevice, InputHandle, InputKind, LayoutTap, TabletLayout};
 use pv_devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
 use pv_devices::virtio::rng::Rng;
 use pv_devices::virtio::VirtioDevice;
@@ -178,7 +178,8 @@ pub struct DisplaySetup {
     pub with_input: bool,
 }
 
-/// Sends viewer input to the keyboard and the tablet (each takes its own).
+/// Sends viewer input to the keyboard and the tablet (each takes its own;
+/// the tablet maps pointer positions through the scanouts' layout).
 pub struct InputRouter(Vec<InputHandle>);
 
 impl InputSink for InputRouter {
@@ -483,25 +484,29 @@ impl Machine {
                     source: "a GPU needs a display to show its scanouts".into(),
                 });
             };
-            let gpu = VirtioGpu::new(params.clone(), display.sink.clone()).map_err(|e| {
-                VmError::Device {
-                    name: "virtio-gpu".into(),
-                    source: Box::new(e),
-                }
-            })?;
-            virtio.push(("virtio-gpu".into(), Box::new(gpu)));
+            // With input, the tablet maps pointer positions through the
+            // scanouts' layout, which a tap on the GPU's sink keeps current.
+            let mut sink = display.sink.clone();
+            let mut input_devices = Vec::new();
             if display.with_input {
+                let layout = Arc::new(TabletLayout::new(params.displays));
+                sink = Arc::new(LayoutTap::new(sink, layout.clone()));
                 let keyboard = InputDevice::new(InputKind::Keyboard);
-                let tablet = InputDevice::new(InputKind::Tablet {
-                    width: params.width,
-                    height: params.height,
-                });
+                let tablet = InputDevice::new(InputKind::Tablet).with_layout(layout);
                 input = Some(Arc::new(InputRouter(vec![
                     keyboard.handle(),
                     tablet.handle(),
                 ])));
-                virtio.push(("virtio-input-keyboard".into(), Box::new(keyboard)));
-                virtio.push(("virtio-input-tablet".into(), Box::new(tablet)));
+                input_devices.push(("virtio-input-keyboard".to_string(), keyboard));
+                input_devices.push(("virtio-input-tablet".to_string(), tablet));
+            }
+            let gpu = VirtioGpu::new(params.clone(), sink).map_err(|e| VmError::Device {
+                name: "virtio-gpu".into(),
+                source: Box::new(e),
+            })?;
+            virtio.push(("virtio-gpu".into(), Box::new(gpu)));
+            for (name, dev) in input_devices {
+                virtio.push((name, Box::new(dev)));
             }
         }
         if config.rng {

@@ -523,17 +523,7 @@ fn input_config(dev: &InputDevice, n: usize) -> Vec<u8> {
 
 #[test]
 fn input_config_space_at_random_selects_subsels_and_offsets() {
-    let kinds = [
-        InputKind::Keyboard,
-        InputKind::Tablet {
-            width: 1280,
-            height: 800,
-        },
-        InputKind::Tablet {
-            width: 0,
-            height: u32::MAX,
-        },
-    ];
+    let kinds = [InputKind::Keyboard, InputKind::Tablet];
     let mut rng = Rng::new(5);
     for kind in kinds {
         let mut dev = InputDevice::new(kind);
