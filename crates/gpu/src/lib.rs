@@ -23,6 +23,7 @@
 mod model;
 mod nvml;
 mod render;
+pub mod virgl;
 pub mod virtio_gpu;
 mod vulkan;
 
