@@ -2,13 +2,17 @@
 # Installs what building and testing PearVisor needs on a Debian 12 host:
 # build tools, busybox/kmod/xz for guest images, the Vulkan loader and Mesa's
 # lavapipe (a CPU Vulkan device for pv-gpu's inventory test), Chromium and
-# chromedriver (pv-display's web viewer test drives a headless browser), and QEMU 10
+# chromedriver (pv-display's web viewer test drives a headless browser), the
+# X11 libraries the native window loads at run time with Xvfb, xwd (x11-apps)
+# and xdotool (pv-display's window test: a virtual X server, screenshots of
+# the window, synthesized keys and mouse), and QEMU 10
 # (bookworm-backports) for the nested-KVM test machine. Idempotent; quiet when
 # everything is present.
 set -euo pipefail
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 need=()
-for p in xz-utils zstd kmod busybox-static cpio ca-certificates libvulkan1 mesa-vulkan-drivers chromium chromium-driver; do
+for p in xz-utils zstd kmod busybox-static cpio ca-certificates libvulkan1 mesa-vulkan-drivers chromium chromium-driver \
+         libx11-6 libx11-xcb1 libxcursor1 libxi6 libxrandr2 libxkbcommon-x11-0 xvfb x11-apps xdotool; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,9 +1,10 @@
 //! The errors the display side reports to its callers (the API's
-//! screenshot, the binary starting a viewer).
+//! screenshot, the binary starting a viewer or the windows).
 
 use std::net::SocketAddr;
 
-/// Errors from the headless store, PNG encoding and the web viewer.
+/// Errors from the headless store, PNG encoding, the web viewer and the
+/// window.
 #[derive(Debug, thiserror::Error)]
 pub enum DisplayError {
     #[error("display {index} does not exist (the VM has {count})")]
@@ -22,4 +23,12 @@ pub enum DisplayError {
     Runtime(#[source] std::io::Error),
     #[error("cannot start the display-web thread")]
     Thread(#[source] std::io::Error),
+    #[error(
+        "--display window needs a display server (DISPLAY or WAYLAND_DISPLAY is unset); use --display web or headless"
+    )]
+    NoDisplayServer,
+    #[error("cannot open windows on the display server")]
+    WindowSystem(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot start the display-window thread")]
+    WindowThread(#[source] std::io::Error),
 }

@@ -128,7 +128,11 @@ mod error;
 pub mod keymap;
 pub mod store;
 pub mod web;
+#[cfg(feature = "window")]
+pub mod window;
 
 pub use error::DisplayError;
 pub use store::{Display, Frame, ScanoutInfo, Subscription, Update};
 pub use web::WebViewer;
+#[cfg(feature = "window")]
+pub use window::WindowViewer;
