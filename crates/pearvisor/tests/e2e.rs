@@ -7,12 +7,14 @@
 //! `pv.test=NAME` on the guest command line; they report `KEY=VALUE` lines
 //! on the serial console, and the host side of each scenario reports its own.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pv_image::{GuestImage, ImageBuilder};
-use pv_testkit::{host_virtualization, HostVirt, NestedMachine};
+use pv_testkit::webdriver::{http_request, Browser, BrowserOptions};
+use pv_testkit::{host_virtualization, HostVirt, LiveRun, NestedMachine};
 
 const PEARVISOR: &str = env!("CARGO_BIN_EXE_pearvisor");
 const READY: &str = "PEARVISOR-GUEST-READY";
@@ -78,6 +80,42 @@ cat /pv-fb-pattern.raw > /dev/fb0
 sleep 1
 echo "PV-PATTERN-SHOWN"
 while true; do sleep 1; done
+"#,
+    ),
+    (
+        "webinput",
+        r#"
+# A still screen: the test pattern with a line of text, no cursor blink.
+echo 0 > /sys/class/graphics/fbcon/cursor_blink
+cat /pv-fb-pattern.raw > /dev/fb0
+printf 'PearVisor web viewer test\ntype here: ' > /dev/tty1
+# The tablet's event device.
+tab=
+n=0
+while [ -z "$tab" ] && [ $n -lt 50 ]; do
+    for d in /sys/class/input/event*; do
+        [ "$(cat "$d/device/name" 2>/dev/null)" = "PearVisor Tablet" ] && tab="/dev/input/${d##*/}"
+    done
+    [ -n "$tab" ] && [ -e "$tab" ] || { tab=; sleep 0.1; n=$((n + 1)); }
+done
+echo "PV-TABLET=$tab"
+# Opened before saying ready, so nothing typed or moved from then on is lost.
+exec 3</dev/tty1
+exec 4<"$tab"
+# Every input_event (24 bytes: timeval, type, code, value) as a line.
+(
+    while :; do
+        set -- $(dd bs=24 count=1 <&4 2>/dev/null | od -An -v -tu2)
+        [ $# -eq 12 ] || break
+        echo "PV-EV type=$9 code=${10} value=$((${11} + ${12} * 65536))"
+    done
+) &
+echo "PV-WEB-READY"
+read -r line <&3
+echo "PV-TYPED=$line"
+# The host says goodbye with a second line.
+read -r line <&3
+echo "PV-TYPED-2=$line"
 "#,
     ),
     (
@@ -578,7 +616,11 @@ fn png_between(log: &str, begin: &str, end: &str) -> (u32, u32, Vec<u8>) {
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '+' || *c == '/' || *c == '=')
         .collect();
-    let bytes = base64_decode(&b64);
+    decode_png_rgb(&base64_decode(&b64))
+}
+
+/// A PNG's width, height and RGB bytes.
+fn decode_png_rgb(bytes: &[u8]) -> (u32, u32, Vec<u8>) {
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let mut reader = decoder.read_info().expect("a PNG");
     let mut buf = vec![0; reader.output_buffer_size().expect("PNG size")];
@@ -681,4 +723,318 @@ echo "HOST-GUEST-LOG-BEGIN"; cat guest.log
         "GPU counters are listed:\n{counters}"
     );
     assert_eq!(value(&log, "", "HOST-PV-RC"), Some("0"), "{log}");
+}
+
+/// The port the web viewer listens on inside the nested machine.
+const L1_WEB_PORT: u16 = 8080;
+
+/// A VM started by a host-side scenario script (as in [`scenario`]) that
+/// keeps running while the test acts on it: `$WEB` in the script is the
+/// address to give `--display web=`, and [`LiveVm::web`] is where the host
+/// reaches it (forwarded out of the nested machine).
+struct LiveVm {
+    run: LiveRun,
+    web: SocketAddr,
+    _dir: Option<RemoveDir>,
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn live_scenario(script: &str) -> LiveVm {
+    let image = image();
+    let host_port = free_port();
+    let web = SocketAddr::from(([127, 0, 0, 1], host_port));
+    let prelude = format!("CMDLINE='{GUEST_CMDLINE}'\nset -u\n");
+    match host_virtualization() {
+        HostVirt::Hardware => {
+            let dir = std::env::temp_dir().join(format!("pv-e2e-live-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(&image.kernel, dir.join("vmlinuz")).unwrap();
+            std::fs::copy(&image.initrd, dir.join("initrd.img")).unwrap();
+            let mut cmd = std::process::Command::new("sh");
+            cmd.arg("-c")
+                .arg(format!("{prelude}{script}"))
+                .env("PV", PEARVISOR)
+                .env("L2", &dir)
+                .env("WEB", web.to_string())
+                .current_dir(&dir);
+            let run = LiveRun::direct(cmd, Duration::from_secs(480)).expect("start the script");
+            LiveVm {
+                run,
+                web,
+                _dir: Some(RemoveDir(dir)),
+            }
+        }
+        _ => {
+            let run = NestedMachine::new()
+                .binary(PEARVISOR)
+                .guest_image(image)
+                .quiet(true)
+                .timeout(Duration::from_secs(480))
+                .forward_tcp(host_port, L1_WEB_PORT)
+                .script(format!(
+                    "PV=pearvisor\nL2=/l2\nWEB=0.0.0.0:{L1_WEB_PORT}\n{prelude}{script}"
+                ))
+                .spawn()
+                .expect("start the nested machine");
+            LiveVm {
+                run,
+                web,
+                _dir: None,
+            }
+        }
+    }
+}
+
+impl LiveVm {
+    /// Waits for `needle` on the console; the console so far.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        self.run
+            .wait_for(needle, timeout)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Waits until the console satisfies `done`; the console so far.
+    fn wait_until(&mut self, what: &str, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
+        self.run
+            .wait_until(what, timeout, done)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `GET /screenshot.png` from the viewer: width, height, RGB.
+    fn screenshot(&self) -> Result<(u32, u32, Vec<u8>), String> {
+        match http_request(self.web, "GET", "/screenshot.png", &[], b"") {
+            Ok((200, png)) => Ok(decode_png_rgb(&png)),
+            Ok((status, body)) => Err(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Pixels of an RGBA canvas that differ from an RGB screenshot, and the first.
+fn canvas_diff(canvas: &[u8], shot: &[u8], width: u32) -> (usize, Option<(u32, u32)>) {
+    let mut wrong = 0;
+    let mut first = None;
+    for (i, (c, s)) in canvas.chunks_exact(4).zip(shot.chunks_exact(3)).enumerate() {
+        if c[..3] != *s {
+            wrong += 1;
+            first.get_or_insert((i as u32 % width, i as u32 / width));
+        }
+    }
+    (wrong, first)
+}
+
+/// Waits until the page's canvas equals `GET /screenshot.png`, pixel for
+/// pixel (the guest's screen is still: fbcon's cursor does not blink and
+/// the guest shows no hardware cursor, so the screenshot, which composites
+/// the cursor, is the bare frame the canvas holds).
+fn wait_canvas_equals_screenshot(vm: &LiveVm, b: &Browser, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shot = vm.screenshot();
+        let canvas = b
+            .canvas_rgba("display-0", FB_WIDTH, FB_HEIGHT)
+            .expect("read the canvas");
+        let last = match (shot, canvas) {
+            (Ok((w, h, rgb)), Some(rgba)) => {
+                assert_eq!((w, h), (FB_WIDTH, FB_HEIGHT), "screenshot size");
+                let (wrong, first) = canvas_diff(&rgba, &rgb, w);
+                if wrong == 0 && rgba.len() == rgb.len() / 3 * 4 {
+                    return;
+                }
+                format!("{wrong} pixels differ, the first at {first:?}")
+            }
+            (Err(e), _) => format!("no screenshot: {e}"),
+            (_, None) => format!("no {FB_WIDTH}x{FB_HEIGHT} canvas yet"),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the canvas never equalled the screenshot ({last})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The `PV-EV type=T code=C value=V` lines the guest printed.
+fn input_events(log: &str) -> Vec<(u16, u16, u32)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.trim_end_matches('\r').strip_prefix("PV-EV ")?;
+            let mut f = rest.split(' ').map(|kv| kv.split_once('=').map(|(_, v)| v));
+            let t = f.next()??.parse().ok()?;
+            let c = f.next()??.parse().ok()?;
+            let v = f.next()??.parse().ok()?;
+            Some((t, c, v))
+        })
+        .collect()
+}
+
+const EV_KEY: u16 = 1;
+const EV_ABS: u16 = 3;
+const ABS_X: u16 = 0;
+const ABS_Y: u16 = 1;
+const BTN_LEFT: u16 = 0x110;
+/// The tablet's absolute range is 0..=0x7fff on both axes
+/// (`pv_devices::virtio::input::TABLET_ABS_MAX`).
+const ABS_SPAN: u64 = 0x8000;
+
+/// The scanout pixel a guest desktop scales an absolute value back to.
+fn abs_to_pixel(value: u32, size: u32) -> u32 {
+    (u64::from(value) * u64::from(size) / ABS_SPAN) as u32
+}
+
+/// The last ABS_X and ABS_Y values in `events`.
+fn last_abs(events: &[(u16, u16, u32)]) -> (Option<u32>, Option<u32>) {
+    let last = |code| {
+        events
+            .iter()
+            .rev()
+            .find(|&&(t, c, _)| t == EV_ABS && c == code)
+            .map(|e| e.2)
+    };
+    (last(ABS_X), last(ABS_Y))
+}
+
+#[test]
+fn web_viewer_in_a_browser_shows_the_guest_and_types_and_points_into_it() {
+    let mut vm = live_scenario(&format!(
+        r#"
+timeout 400 $PV run --kernel $L2/vmlinuz --initrd $L2/initrd.img --cmdline "$CMDLINE pv.test=webinput" \
+    --gpu width={FB_WIDTH},height={FB_HEIGHT} --display web=$WEB </dev/null
+echo "PV-RC=$?"
+"#
+    ));
+    let log = vm.wait_for("PV-WEB-READY", Duration::from_secs(300));
+    // Input takes a second or two to arrive in the nested machine.
+    let wait = Duration::from_secs(60);
+    assert!(
+        value(&log, "", "PV-TABLET").is_some_and(|t| t.starts_with("/dev/input/event")),
+        "the guest found no PearVisor Tablet event device:\n{log}"
+    );
+
+    // (a) The page draws what the guest shows: canvas = screenshot.
+    // Large enough that the fit-to-window page shows the screen unscaled.
+    let b = Browser::start_with(&BrowserOptions {
+        window: (1024, 900),
+    })
+    .expect("start headless Chromium");
+    b.navigate(&format!("http://{}/", vm.web)).unwrap();
+    wait_canvas_equals_screenshot(&vm, &b, "the guest's screen");
+    let (_, _, shot) = vm.screenshot().unwrap();
+    let pattern_pixels = (0..FB_HEIGHT)
+        .flat_map(|y| (0..FB_WIDTH).map(move |x| (x, y)))
+        .filter(|&(x, y)| {
+            let i = ((y * FB_WIDTH + x) * 3) as usize;
+            shot[i..i + 3] == pattern_rgb(x, y)
+        })
+        .count();
+    assert!(
+        pattern_pixels > (FB_WIDTH * FB_HEIGHT / 2) as usize,
+        "the screen shows the guest's pattern ({pattern_pixels} pixels of it)"
+    );
+    let [left, top, width, height] = b.rect_of("#display-0").unwrap();
+    assert_eq!(
+        (width, height),
+        (f64::from(FB_WIDTH), f64::from(FB_HEIGHT)),
+        "the canvas is not scaled in a 1024x900 window"
+    );
+
+    // (c) The mouse: a click (which also focuses the canvas), then a move
+    // to a known pixel; the guest reads them from the tablet's evdev node.
+    let canvas = b.element("#display-0").unwrap();
+    b.click(&canvas).unwrap();
+    let log = vm.wait_until("the click on the tablet", wait, |log| {
+        let ev = input_events(log);
+        ev.contains(&(EV_KEY, BTN_LEFT, 1)) && ev.contains(&(EV_KEY, BTN_LEFT, 0))
+    });
+    let (x, y) = last_abs(&input_events(&log));
+    let (x, y) = (
+        x.expect("ABS_X of the click"),
+        y.expect("ABS_Y of the click"),
+    );
+    assert!(
+        abs_to_pixel(x, FB_WIDTH).abs_diff(FB_WIDTH / 2) <= 1
+            && abs_to_pixel(y, FB_HEIGHT).abs_diff(FB_HEIGHT / 2) <= 1,
+        "the click at the canvas' centre ({}, {}) reached the tablet at ABS ({x}, {y}), pixel ({}, {})",
+        FB_WIDTH / 2,
+        FB_HEIGHT / 2,
+        abs_to_pixel(x, FB_WIDTH),
+        abs_to_pixel(y, FB_HEIGHT)
+    );
+    let (px, py) = (123u32, 45u32);
+    let seen = input_events(&log).len();
+    b.mouse_to(
+        (left + f64::from(px)).ceil() as i64,
+        (top + f64::from(py)).ceil() as i64,
+    )
+    .unwrap();
+    let log = vm.wait_until("the mouse move on the tablet", wait, |log| {
+        let ev = input_events(log);
+        let (x, y) = last_abs(&ev[seen.min(ev.len())..]);
+        x.zip(y).is_some_and(|(x, y)| {
+            abs_to_pixel(x, FB_WIDTH).abs_diff(px) <= 1
+                && abs_to_pixel(y, FB_HEIGHT).abs_diff(py) <= 1
+        })
+    });
+    let ev = input_events(&log);
+    let (x, y) = last_abs(&ev[seen..]);
+    eprintln!(
+        "mouse at canvas pixel ({px}, {py}) -> ABS ({}, {}) -> pixel ({}, {})",
+        x.unwrap(),
+        y.unwrap(),
+        abs_to_pixel(x.unwrap(), FB_WIDTH),
+        abs_to_pixel(y.unwrap(), FB_HEIGHT)
+    );
+    assert!(
+        ev.iter()
+            .all(|&(t, c, v)| t != EV_ABS || (c <= ABS_Y && v <= 0x7fff)),
+        "only ABS_X/ABS_Y within 0..=0x7fff: {ev:?}"
+    );
+
+    // (b) Keys typed in the page reach the guest's console (tty1), through
+    // the virtio keyboard and the guest's own keymap.
+    let typed = "Hello PV 42!";
+    b.type_keys(&format!("{typed}\u{E006}")).unwrap();
+    let log = vm.wait_for("PV-TYPED=", wait);
+    assert_eq!(
+        value(&log, "", "PV-TYPED"),
+        Some(typed),
+        "what the guest read from /dev/tty1"
+    );
+    // The echo of the typed line changed the screen; the page follows.
+    wait_canvas_equals_screenshot(&vm, &b, "after typing");
+    let (_, _, after) = vm.screenshot().unwrap();
+    assert_ne!(after, shot, "the typed text shows on the guest's screen");
+
+    b.type_keys("bye\u{E006}").unwrap();
+    drop(b);
+    let out = vm.run.finish().expect("the machine finishes");
+    assert_eq!(
+        value(&out.log, "", "PV-TYPED-2"),
+        Some("bye"),
+        "{}",
+        out.tail(40)
+    );
+    assert_eq!(
+        value(&out.log, "", "PV-RC"),
+        Some("0"),
+        "pearvisor exits 0 after the guest powers off:\n{}",
+        out.tail(40)
+    );
 }

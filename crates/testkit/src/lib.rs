@@ -1,4 +1,5 @@
-//! pv-testkit: PearVisor's nested-KVM test harness.
+//! pv-testkit: PearVisor's nested-KVM test harness, and a WebDriver client for
+//! browser tests ([`webdriver`]).
 //!
 //! On hosts without hardware virtualization (see [`host_virtualization`]), PearVisor's
 //! end-to-end tests run inside an "L1" Debian 6.12 machine under QEMU 10/TCG with emulated AMD
@@ -16,19 +17,30 @@
 //! assert!(out.kvm_ready() && out.success(), "{}", out.tail(40));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! The nested machine needs the `nested` feature (on by default); without
+//! it only [`webdriver`] is built.
 
+pub mod webdriver;
+
+#[cfg(feature = "nested")]
 pub mod ldd;
+#[cfg(feature = "nested")]
 pub mod machine;
+#[cfg(feature = "nested")]
 pub mod qemu;
 
 /// The host's virtualization support (the VMM's own detection).
+#[cfg(feature = "nested")]
 pub use pv_vmm::hypervisor::kvm::HostKvm as HostVirt;
 
 /// What this host offers: hardware virtualization, kvm_pvm only, or nothing.
+#[cfg(feature = "nested")]
 pub fn host_virtualization() -> HostVirt {
     HostVirt::detect()
 }
+#[cfg(feature = "nested")]
 pub use machine::{
-    parse_l1_rc, NestedMachine, NestedOutput, TestkitError, L1_KVM_READY, L1_NO_KVM, L1_TEST_EXIT,
-    L2_INITRD, L2_KERNEL,
+    parse_l1_rc, LiveRun, NestedMachine, NestedOutput, TestkitError, L1_KVM_READY, L1_NO_KVM,
+    L1_TEST_EXIT, L2_INITRD, L2_KERNEL,
 };

@@ -21,7 +21,7 @@ use pv_image::{
 use thiserror::Error;
 
 use crate::ldd::{self, LddError};
-use crate::qemu::{self, Echo, QemuError};
+use crate::qemu::{self, Collecting, Echo, Finished, QemuError};
 
 /// Printed by L1 once `/dev/kvm` exists.
 pub const L1_KVM_READY: &str = "L1-KVM-READY";
@@ -65,6 +65,20 @@ pub enum TestkitError {
     QemuFailed { status: String, log_tail: String },
     #[error("nested machine timed out after {after:?}; last output:\n{log_tail}")]
     Timeout { after: Duration, log_tail: String },
+    #[error("{waiting_for:?} did not appear within {after:?}; last output:\n{log_tail}")]
+    NotSeen {
+        waiting_for: String,
+        after: Duration,
+        log_tail: String,
+    },
+    #[error(
+        "the machine stopped ({status}) before {waiting_for:?} appeared; last output:\n{log_tail}"
+    )]
+    StoppedEarly {
+        waiting_for: String,
+        status: String,
+        log_tail: String,
+    },
 }
 
 /// What an L1 run printed.
@@ -436,6 +450,14 @@ poweroff -f
 
     /// Builds L1 and runs it to the end (or the timeout).
     pub fn run(&self) -> Result<NestedOutput, TestkitError> {
+        self.spawn()?.finish()
+    }
+
+    /// Builds L1 and starts it; its console can be watched while it runs
+    /// ([`LiveRun::log`], [`LiveRun::wait_for`]), for tests that act on the
+    /// host while the guest runs (through [`NestedMachine::forward_tcp`]).
+    /// The machine is killed when the [`LiveRun`] is dropped.
+    pub fn spawn(&self) -> Result<LiveRun, TestkitError> {
         qemu::check_qemu(&self.qemu)?;
         let cache = Cache::open(self.cache_dir.as_deref())?;
         let base = fetch_base(
@@ -477,26 +499,134 @@ poweroff -f
         if self.interactive {
             self.say("interactive console: Ctrl-A x quits QEMU, Ctrl-C goes to the guest");
         }
-        let done = qemu::run_collecting(cmd, self.timeout, echo)?;
-        drop(initrd);
+        let proc = qemu::spawn_collecting(cmd, echo)?;
+        Ok(LiveRun {
+            proc,
+            timeout: self.timeout,
+            nested: true,
+            quiet: self.quiet,
+            _initrd: Some(initrd),
+        })
+    }
+}
+
+/// A running L1 machine ([`NestedMachine::spawn`]), or a script run
+/// directly on a host with hardware virtualization ([`LiveRun::direct`]),
+/// whose console can be read and waited on while it runs. Killed when
+/// dropped unless finished.
+#[derive(Debug)]
+pub struct LiveRun {
+    proc: Collecting,
+    timeout: Option<Duration>,
+    nested: bool,
+    quiet: bool,
+    _initrd: Option<TempFile>,
+}
+
+impl LiveRun {
+    /// Runs `cmd` (stdin from /dev/null) with its output collected, killed
+    /// after `timeout`: the direct counterpart of a nested machine.
+    pub fn direct(mut cmd: Command, timeout: Duration) -> Result<Self, TestkitError> {
+        cmd.stdin(Stdio::null());
+        Ok(Self {
+            proc: qemu::spawn_collecting(cmd, Echo::None)?,
+            timeout: Some(timeout),
+            nested: false,
+            quiet: true,
+            _initrd: None,
+        })
+    }
+
+    /// The console output so far ('\r' removed).
+    pub fn log(&self) -> String {
+        self.proc.log()
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.proc.elapsed()
+    }
+
+    /// Waits until the console output holds `needle` and returns the output
+    /// so far; an error when the machine stops first or `timeout` passes.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, TestkitError> {
+        self.wait_until(needle, timeout, |log| log.contains(needle))
+    }
+
+    /// Waits until `done` holds for the console output (described by `what`
+    /// in errors) and returns the output so far.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> Result<String, TestkitError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if done(&log) {
+                return Ok(log);
+            }
+            if let Some(status) = self.proc.try_wait()? {
+                // The last output may have come with the exit.
+                std::thread::sleep(Duration::from_millis(100));
+                let log = self.log();
+                if done(&log) {
+                    return Ok(log);
+                }
+                return Err(TestkitError::StoppedEarly {
+                    waiting_for: what.to_string(),
+                    status: status.to_string(),
+                    log_tail: log_tail(&log, 40),
+                });
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(TestkitError::NotSeen {
+                    waiting_for: what.to_string(),
+                    after: timeout,
+                    log_tail: log_tail(&log, 40),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the end (the script's, then L1's poweroff), up to the
+    /// machine's timeout counted from the start, and returns what it printed.
+    pub fn finish(self) -> Result<NestedOutput, TestkitError> {
+        let LiveRun {
+            proc,
+            timeout,
+            nested,
+            quiet,
+            _initrd,
+        } = self;
+        let done: Finished = proc.finish(timeout)?;
+        drop(_initrd);
         if done.timed_out {
             return Err(TestkitError::Timeout {
-                after: self.timeout.unwrap_or_default(),
+                after: timeout.unwrap_or_default(),
                 log_tail: log_tail(&done.log, 40),
             });
         }
-        if !done.status.success() {
-            return Err(TestkitError::QemuFailed {
-                status: done.status.to_string(),
-                log_tail: log_tail(&done.log, 40),
-            });
+        let l1_rc = if nested {
+            if !done.status.success() {
+                return Err(TestkitError::QemuFailed {
+                    status: done.status.to_string(),
+                    log_tail: log_tail(&done.log, 40),
+                });
+            }
+            parse_l1_rc(&done.log)
+        } else {
+            done.status.code()
+        };
+        if !quiet && nested {
+            eprintln!(
+                "nested: L1 finished in {:.1?} (rc {})",
+                done.elapsed,
+                l1_rc.map_or("none".to_string(), |rc| rc.to_string())
+            );
         }
-        let l1_rc = parse_l1_rc(&done.log);
-        self.say(&format!(
-            "L1 finished in {:.1?} (rc {})",
-            done.elapsed,
-            l1_rc.map_or("none".to_string(), |rc| rc.to_string())
-        ));
         Ok(NestedOutput {
             log: done.log,
             l1_rc,
@@ -516,6 +646,7 @@ fn host_mode(path: &Path) -> Result<u32, TestkitError> {
 }
 
 /// Removes its file when dropped.
+#[derive(Debug)]
 struct TempFile(PathBuf);
 
 impl Drop for TempFile {

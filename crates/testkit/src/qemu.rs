@@ -106,13 +106,69 @@ pub struct Finished {
     pub elapsed: Duration,
 }
 
-/// Spawns `cmd` with stdout and stderr piped (stdin as configured by the caller), collects its
-/// output, and kills it when `timeout` passes.
-pub fn run_collecting(
-    mut cmd: Command,
-    timeout: Option<Duration>,
-    echo: Echo,
-) -> Result<Finished, QemuError> {
+/// A running process whose stdout and stderr are being collected (see
+/// [`spawn_collecting`]): its output so far can be read while it runs. Killed
+/// when dropped unless it has finished.
+#[derive(Debug)]
+pub struct Collecting {
+    child: Child,
+    log: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<thread::JoinHandle<()>>,
+    start: Instant,
+    done: bool,
+}
+
+impl Collecting {
+    /// Everything printed so far, '\r' removed.
+    pub fn log(&self) -> String {
+        let bytes = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).replace('\r', "")
+    }
+
+    /// Time since the process started.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, QemuError> {
+        Ok(self.child.try_wait()?)
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until it exits, or kills it once `timeout` has passed since it
+    /// started; then collects the rest of its output.
+    pub fn finish(mut self, timeout: Option<Duration>) -> Result<Finished, QemuError> {
+        let (status, timed_out) = wait_with_timeout(&mut self.child, timeout, self.start)?;
+        self.done = true;
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Ok(Finished {
+            log: self.log(),
+            status,
+            timed_out,
+            elapsed: self.start.elapsed(),
+        })
+    }
+}
+
+impl Drop for Collecting {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Spawns `cmd` with stdout and stderr piped (stdin as configured by the
+/// caller) and collects its output as it comes.
+pub fn spawn_collecting(mut cmd: Command, echo: Echo) -> Result<Collecting, QemuError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     kill_with_parent(&mut cmd);
@@ -133,18 +189,23 @@ pub fn run_collecting(
         };
         readers.push(spawn_reader(err, Arc::clone(&log), echo_err));
     }
-    let (status, timed_out) = wait_with_timeout(&mut child, timeout, start)?;
-    for r in readers {
-        let _ = r.join();
-    }
-    let bytes = log.lock().map(|l| l.clone()).unwrap_or_default();
-    let log = String::from_utf8_lossy(&bytes).replace('\r', "");
-    Ok(Finished {
+    Ok(Collecting {
+        child,
         log,
-        status,
-        timed_out,
-        elapsed: start.elapsed(),
+        readers,
+        start,
+        done: false,
     })
+}
+
+/// Spawns `cmd` with stdout and stderr piped (stdin as configured by the caller), collects its
+/// output, and kills it when `timeout` passes.
+pub fn run_collecting(
+    cmd: Command,
+    timeout: Option<Duration>,
+    echo: Echo,
+) -> Result<Finished, QemuError> {
+    spawn_collecting(cmd, echo)?.finish(timeout)
 }
 
 fn wait_with_timeout(
@@ -251,5 +312,23 @@ mod tests {
         assert!(done.timed_out);
         assert!(done.log.contains("started"));
         assert!(done.elapsed < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn output_can_be_read_while_it_runs_and_drop_kills() {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "echo first; exec sleep 30"]);
+        let mut run = spawn_collecting(cmd, Echo::None).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !run.log().contains("first\n") {
+            assert!(Instant::now() < deadline, "no output while running");
+            thread::sleep(Duration::from_millis(10));
+        }
+        assert!(run.try_wait().unwrap().is_none(), "still running");
+        let pid = run.id();
+        drop(run);
+        // SAFETY: kill(2) with signal 0 only checks whether the pid exists.
+        let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0;
+        assert!(!alive, "dropping kills and reaps the process");
     }
 }
