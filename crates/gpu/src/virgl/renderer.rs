@@ -376,8 +376,18 @@ pub struct Renderer {
     context_types: ContextTypes,
     /// iovec arrays virglrenderer keeps pointers to, per resource.
     backings: HashMap<u32, Box<[iovec]>>,
-    _not_send: PhantomData<*const ()>,
+    /// Not Sync: virglrenderer must never be called from two threads at once.
+    _not_sync: PhantomData<std::cell::Cell<()>>,
 }
+
+// SAFETY: a Renderer may move to another thread: every virglrenderer call
+// goes through it and it is not Sync, so calls never run concurrently; the
+// iovec arrays it owns point into guest memory that outlives it; the state
+// the C callbacks reach is Sync (a mutex and an eventfd). virglrenderer's
+// GL context is bound to the thread that initialized it, so the device
+// keeps it on one thread for the whole VM (a correctness matter, not
+// memory safety).
+unsafe impl Send for Renderer {}
 
 impl Renderer {
     /// Initializes virglrenderer for `options.context_types` and proves it
@@ -448,7 +458,7 @@ impl Renderer {
             capsets: Vec::new(),
             context_types: types,
             backings: HashMap::new(),
-            _not_send: PhantomData,
+            _not_sync: PhantomData,
         };
         if rc != 0 {
             // Drop runs cleanup, which is harmless after a failed init.

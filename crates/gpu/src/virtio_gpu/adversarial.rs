@@ -843,6 +843,8 @@ impl Model {
                     RESP_OK_NODATA
                 }
             }
+            // A 2D device answers every 3D command with ERR_UNSPEC.
+            _ => RESP_ERR_UNSPEC,
         }
     }
 
@@ -919,6 +921,7 @@ fn command_stream(seed: u64, steps: usize) -> Coverage {
         height: 240,
         displays: rng.range(1, 3) as u32,
         max_hostmem: rng.pick(&[1 << 20, 4 << 20]),
+        ..GpuParams::default()
     };
     let edid = !rng.one_in(4);
     let mut s = setup(params.clone(), edid);
@@ -1110,6 +1113,7 @@ fn random_descriptor_layouts_and_indirect_tables() {
                 height: 600,
                 displays: 2,
                 max_hostmem: 2 << 20,
+                ..GpuParams::default()
             },
             true,
         );

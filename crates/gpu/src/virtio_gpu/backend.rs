@@ -12,9 +12,11 @@ use pv_devices::GuestMemory;
 use pv_display::{PixelFormat, Rect};
 
 use super::protocol::{
-    MemEntry, RESP_ERR_INVALID_PARAMETER, RESP_ERR_INVALID_RESOURCE_ID, RESP_ERR_OUT_OF_MEMORY,
+    Create3d, MemEntry, ScanoutBlob, Transfer3d, RESP_ERR_INVALID_CONTEXT_ID,
+    RESP_ERR_INVALID_PARAMETER, RESP_ERR_INVALID_RESOURCE_ID, RESP_ERR_OUT_OF_MEMORY,
     RESP_ERR_UNSPEC,
 };
+use crate::virgl::{CapsetInfo, FenceEvent, RendererError, Timeline};
 
 /// Why a resource operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,30 @@ pub enum BackendError {
     OutsideBacking { end: u64, len: u64 },
     #[error("guest memory access failed")]
     Memory(#[source] vm_memory::GuestMemoryError),
+    #[error("unknown context {0}")]
+    UnknownContext(u32),
+    #[error("context {0} already exists")]
+    ContextExists(u32),
+    #[error("too many contexts (limit {0})")]
+    TooManyContexts(usize),
+    #[error("capset {0} is not offered")]
+    UnknownCapset(u32),
+    #[error("resource {0} is not a blob that can be mapped")]
+    NotMappable(u32),
+    #[error("resource {0} is already mapped")]
+    AlreadyMapped(u32),
+    #[error("resource {0} is not mapped")]
+    NotMapped(u32),
+    #[error("blob of {size} bytes at offset {offset:#x} does not fit the {window}-byte host-visible window")]
+    OutsideWindow { offset: u64, size: u64, window: u64 },
+    #[error("blob type {0} is not supported")]
+    BadBlobType(u32),
+    #[error("resource {0} cannot be shown (format or kind)")]
+    NotViewable(u32),
+    #[error("the host-visible window refused the mapping: {0}")]
+    Map(String),
+    #[error("virglrenderer refused the request")]
+    Renderer(#[source] RendererError),
 }
 
 impl BackendError {
@@ -67,7 +93,20 @@ impl BackendError {
             | Self::BadBacking { .. }
             | Self::OutsideResource { .. }
             | Self::OutsideBacking { .. } => RESP_ERR_INVALID_PARAMETER,
-            Self::NoBacking(_) | Self::BackingAttached(_) | Self::Memory(_) => RESP_ERR_UNSPEC,
+            Self::UnknownContext(_) | Self::ContextExists(_) => RESP_ERR_INVALID_CONTEXT_ID,
+            Self::TooManyContexts(_) => RESP_ERR_OUT_OF_MEMORY,
+            Self::UnknownCapset(_)
+            | Self::NotMappable(_)
+            | Self::AlreadyMapped(_)
+            | Self::NotMapped(_)
+            | Self::OutsideWindow { .. }
+            | Self::BadBlobType(_)
+            | Self::NotViewable(_) => RESP_ERR_INVALID_PARAMETER,
+            Self::NoBacking(_)
+            | Self::BackingAttached(_)
+            | Self::Memory(_)
+            | Self::Map(_)
+            | Self::Renderer(_) => RESP_ERR_UNSPEC,
         }
     }
 }
@@ -137,4 +176,110 @@ pub trait GpuBackend: Send {
     fn view(&mut self, resource_id: u32) -> Result<ResourceView<'_>, BackendError>;
     /// What the backend holds now.
     fn usage(&self) -> BackendUsage;
+    /// The 3D operations, when this backend has them.
+    fn gpu3d(&mut self) -> Option<&mut dyn Gpu3d> {
+        None
+    }
+    /// The renderer inside, after every resource and context is gone
+    /// (the device keeps it across resets).
+    fn into_renderer(self: Box<Self>) -> Option<crate::virgl::Renderer> {
+        None
+    }
+}
+
+/// RESOURCE_CREATE_BLOB's arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRequest {
+    pub ctx_id: u32,
+    pub blob_mem: u32,
+    pub blob_flags: u32,
+    pub blob_id: u64,
+    pub size: u64,
+}
+
+/// Makes host memory visible to the guest in the device's host-visible
+/// shared-memory region (a PCI BAR), at an offset the guest chose.
+pub trait HostVisibleWindow: Send + Sync {
+    /// The window's size in bytes.
+    fn size(&self) -> u64;
+    /// Maps `len` bytes at `host_addr` at `offset` of the window.
+    ///
+    /// # Safety
+    /// `host_addr..host_addr + len` must stay mapped until [`Self::unmap`]
+    /// for `offset` returned.
+    unsafe fn map(&self, offset: u64, host_addr: *mut u8, len: u64) -> Result<(), String>;
+    /// Removes the mapping at `offset`.
+    fn unmap(&self, offset: u64) -> Result<(), String>;
+}
+
+/// What the 3D side holds, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage3d {
+    /// Live contexts by capset id.
+    pub contexts: Vec<(u32, u64)>,
+    /// Bytes of blobs mapped into the host-visible window.
+    pub blob_bytes_mapped: u64,
+}
+
+/// The 3D commands (virtio 1.3 §5.7.6.8, VIRGL/CONTEXT_INIT/RESOURCE_BLOB),
+/// on top of [`GpuBackend`]. Every argument comes from the guest.
+pub trait Gpu3d {
+    /// Capsets offered, in GET_CAPSET_INFO index order.
+    fn capsets(&self) -> &[CapsetInfo];
+    /// GET_CAPSET.
+    fn capset(&self, capset_id: u32, version: u32) -> Result<Vec<u8>, BackendError>;
+    /// CTX_CREATE; `context_init` is a capset id (0: virgl).
+    fn ctx_create(
+        &mut self,
+        ctx_id: u32,
+        context_init: u32,
+        name: &[u8],
+    ) -> Result<(), BackendError>;
+    /// CTX_DESTROY.
+    fn ctx_destroy(&mut self, ctx_id: u32) -> Result<(), BackendError>;
+    /// CTX_ATTACH_RESOURCE.
+    fn ctx_attach(&mut self, ctx_id: u32, resource_id: u32) -> Result<(), BackendError>;
+    /// CTX_DETACH_RESOURCE.
+    fn ctx_detach(&mut self, ctx_id: u32, resource_id: u32) -> Result<(), BackendError>;
+    /// RESOURCE_CREATE_3D.
+    fn create_3d(&mut self, resource_id: u32, args: &Create3d) -> Result<(), BackendError>;
+    /// TRANSFER_TO_HOST_3D (`to_host`) or TRANSFER_FROM_HOST_3D.
+    fn transfer_3d(
+        &mut self,
+        ctx_id: u32,
+        t: &Transfer3d,
+        to_host: bool,
+    ) -> Result<(), BackendError>;
+    /// SUBMIT_3D.
+    fn submit(&mut self, ctx_id: u32, commands: &mut [u32]) -> Result<(), BackendError>;
+    /// RESOURCE_CREATE_BLOB.
+    fn create_blob(
+        &mut self,
+        resource_id: u32,
+        blob: &BlobRequest,
+        entries: Vec<MemEntry>,
+        mem: &GuestMemory,
+    ) -> Result<(), BackendError>;
+    /// RESOURCE_MAP_BLOB: returns the map info (VIRTIO_GPU_MAP_CACHE_*).
+    fn map_blob(&mut self, resource_id: u32, offset: u64) -> Result<u32, BackendError>;
+    /// RESOURCE_UNMAP_BLOB.
+    fn unmap_blob(&mut self, resource_id: u32) -> Result<(), BackendError>;
+    /// SET_SCANOUT_BLOB: how the blob's pixels are laid out; returns what
+    /// a scanout of it shows.
+    fn scanout_blob(
+        &mut self,
+        blob: &ScanoutBlob,
+        mem: &GuestMemory,
+    ) -> Result<ResourceInfo, BackendError>;
+    /// Arms a fence; false when this timeline has no renderer fence (the
+    /// work before it is already done, it completes in order).
+    fn create_fence(&mut self, timeline: Timeline, fence_id: u64) -> Result<bool, BackendError>;
+    /// Readable when fences signalled.
+    fn fence_fd(&self) -> std::os::fd::RawFd;
+    /// Fences signalled since the last call.
+    fn signalled(&mut self) -> Vec<FenceEvent>;
+    /// What the 3D side holds.
+    fn usage_3d(&self) -> Usage3d;
+    /// Destroys every context and 3D resource (device reset).
+    fn reset(&mut self);
 }

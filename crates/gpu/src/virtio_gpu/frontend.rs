@@ -5,9 +5,18 @@
 //! [`MAX_REQUEST_LEN`]), decodes one [`GpuCommand`], executes it against the
 //! [`GpuBackend`] (resources) and [`Scanouts`] (displays, cursor), and
 //! writes the response into the device-writable part of the chain; the used
-//! length is the bytes written. Fences complete immediately (2D work is done
-//! when the command returns): a fenced request's response carries the FENCE
-//! flag with fence_id, ctx_id and ring_idx echoed.
+//! length is the bytes written. A fenced request's response carries the FENCE
+//! flag with fence_id, ctx_id and ring_idx echoed. With the 2D backend the
+//! work is done when the command returns, so the chain completes at once.
+//! With a 3D backend the fence is armed in the renderer (on the device
+//! timeline, or on the context's ring with INFO_RING_IDX) and the chain is
+//! kept until the renderer signals it ([`QueueHandler::process_event`]):
+//! that is when the driver sees the response. Fences of one timeline
+//! complete in order; a fence the renderer cannot arm (no GL, so no device
+//! timeline) completes as soon as the fences before it have.
+//!
+//! SUBMIT_3D's command stream follows its header in the chain; up to
+//! [`MAX_SUBMIT_BYTES`](super::protocol::MAX_SUBMIT_BYTES) are read.
 //!
 //! Both queues take any command; Linux sends UPDATE_CURSOR and MOVE_CURSOR
 //! on the cursorq without a response buffer, so those get used length 0.
@@ -15,23 +24,28 @@
 //! header when that fits, and nothing otherwise; a writable buffer outside
 //! guest memory gets nothing written.
 
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pv_devices::virtio::worker::{drain_queue, QueueHandler};
+use pv_devices::virtio::worker::{drain_queue_deferred, QueueHandler};
 use pv_devices::GuestMemory;
 use pv_display::ScanoutSink;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::Queue;
+use virtio_queue::QueueT;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
-use super::backend::{BackendError, GpuBackend};
+use super::backend::{BackendError, BlobRequest, GpuBackend};
 use super::edid;
 use super::metrics::{add, command_index, GpuMetrics};
 use super::protocol::{
-    CtrlHdr, DecodeError, GpuCommand, Response, HDR_LEN, MAX_REQUEST_LEN, RESP_ERR_UNSPEC,
+    CtrlHdr, DecodeError, GpuCommand, Response, FLAG_INFO_RING_IDX, HDR_LEN, MAX_REQUEST_LEN,
+    RESP_ERR_UNSPEC, SUBMIT_LEN,
 };
 use super::scanout::{cursor_image, DisplayControl, ScanoutError, Scanouts};
+use crate::virgl::{Timeline, CAPSET_VENUS};
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +62,8 @@ pub enum CommandError {
     Scanout(#[source] ScanoutError),
     #[error("GET_EDID without VIRTIO_GPU_F_EDID")]
     EdidNotNegotiated,
+    #[error("{0} needs a 3D device (--gpu context-types=...)")]
+    No3d(&'static str),
 }
 
 impl From<BackendError> for CommandError {
@@ -69,7 +85,10 @@ impl CommandError {
             Self::Decode(e) => e.response_type(),
             Self::Backend(e) => e.response_type(),
             Self::Scanout(e) => e.response_type(),
-            Self::Misordered | Self::BadAddress { .. } | Self::EdidNotNegotiated => RESP_ERR_UNSPEC,
+            Self::Misordered
+            | Self::BadAddress { .. }
+            | Self::EdidNotNegotiated
+            | Self::No3d(_) => RESP_ERR_UNSPEC,
         }
     }
 
@@ -80,6 +99,29 @@ impl CommandError {
             Self::Misordered | Self::BadAddress { .. } | Self::Decode(_)
         )
     }
+}
+
+/// A fenced chain waiting for its renderer fence.
+#[derive(Debug)]
+struct Pending {
+    queue: usize,
+    head: u16,
+    len: u32,
+    timeline: Timeline,
+    fence_id: u64,
+    /// The renderer will signal it (false: it completes in order).
+    armed: bool,
+    signalled: bool,
+    since: Instant,
+}
+
+/// What became of one chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainOutcome {
+    /// Bytes written into the chain.
+    pub len: u32,
+    /// A fence the chain waits for: (timeline, fence id, armed).
+    pub fence: Option<(Timeline, u64, bool)>,
 }
 
 /// Processes both queues of one GPU (see the module docs).
@@ -93,19 +135,23 @@ pub struct Frontend {
     response: Vec<u8>,
     readable: Vec<(GuestAddress, u32)>,
     writable: Vec<(GuestAddress, u32)>,
+    submit: Vec<u32>,
+    pending: Vec<Pending>,
+    fence_fd: Option<RawFd>,
 }
 
 impl Frontend {
     /// A frontend over `backend` with `display`'s scanouts feeding `sink`.
     /// `edid`: the driver accepted VIRTIO_GPU_F_EDID.
     pub fn new(
-        backend: Box<dyn GpuBackend>,
+        mut backend: Box<dyn GpuBackend>,
         display: DisplayControl,
         sink: Arc<dyn ScanoutSink>,
         metrics: Arc<GpuMetrics>,
         edid: bool,
     ) -> Self {
         let scanouts = Scanouts::new(display.num_scanouts(), sink);
+        let fence_fd = backend.gpu3d().map(|g| g.fence_fd());
         Self {
             backend,
             scanouts,
@@ -116,15 +162,34 @@ impl Frontend {
             response: Vec::with_capacity(256),
             readable: Vec::new(),
             writable: Vec::new(),
+            submit: Vec::new(),
+            pending: Vec::new(),
+            fence_fd,
         }
     }
 
-    /// Handles one chain end to end; returns the used length.
+    /// Gives the backend back (the device keeps a 3D renderer across resets).
+    pub fn into_backend(self) -> Box<dyn GpuBackend> {
+        self.backend
+    }
+
+    /// Handles one chain end to end; returns the used length (any fence is
+    /// treated as done: for backends without a renderer).
     pub fn process_chain(
         &mut self,
         descriptors: impl IntoIterator<Item = Descriptor>,
         mem: &GuestMemory,
     ) -> u32 {
+        self.handle_chain(descriptors, mem).len
+    }
+
+    /// Handles one chain: the response is written; a fenced command on a
+    /// 3D backend names the fence the chain must wait for.
+    pub fn handle_chain(
+        &mut self,
+        descriptors: impl IntoIterator<Item = Descriptor>,
+        mem: &GuestMemory,
+    ) -> ChainOutcome {
         let start = Instant::now();
         self.readable.clear();
         self.writable.clear();
@@ -150,7 +215,10 @@ impl Frontend {
                 addr.raw_value()
             );
             add(&self.metrics.invalid_commands, 1);
-            return 0;
+            return ChainOutcome {
+                len: 0,
+                fence: None,
+            };
         }
 
         let (hdr, result) = if misordered {
@@ -174,12 +242,103 @@ impl Frontend {
         if response.is_err() {
             add(&self.metrics.errors, 1);
         }
-        if hdr.fenced() {
+        let fence = if hdr.fenced() {
             add(&self.metrics.fences, 1);
-        }
+            self.arm_fence(&hdr)
+        } else {
+            None
+        };
         let written = self.write_response(&hdr, &response, mem);
         self.metrics.record_latency(start.elapsed());
-        written
+        ChainOutcome {
+            len: written,
+            fence,
+        }
+    }
+
+    /// Arms the renderer fence of a fenced request (3D backends only).
+    fn arm_fence(&mut self, hdr: &CtrlHdr) -> Option<(Timeline, u64, bool)> {
+        let gpu = self.backend.gpu3d()?;
+        let timeline = if hdr.flags & FLAG_INFO_RING_IDX != 0 {
+            Timeline::Context {
+                ctx_id: hdr.ctx_id,
+                ring_idx: u32::from(hdr.ring_idx),
+            }
+        } else {
+            Timeline::Global
+        };
+        let armed = match gpu.create_fence(timeline, hdr.fence_id) {
+            Ok(armed) => armed,
+            Err(e) => {
+                log::debug!("virtio-gpu: fence {} on {timeline:?}: {e}", hdr.fence_id);
+                false
+            }
+        };
+        Some((timeline, hdr.fence_id, armed))
+    }
+
+    /// Records what the renderer signalled.
+    fn note_signalled(&mut self) {
+        let Some(gpu) = self.backend.gpu3d() else {
+            return;
+        };
+        for event in gpu.signalled() {
+            match event.timeline {
+                Timeline::Global => add(&self.metrics.fences_global, 1),
+                Timeline::Context { .. } => add(&self.metrics.fences_context, 1),
+            }
+            // Everything up to the signalled fence on its timeline is done.
+            let upto = self.pending.iter().rposition(|p| {
+                p.timeline == event.timeline
+                    && p.armed
+                    && match event.timeline {
+                        // The device timeline reports 32-bit ids.
+                        Timeline::Global => p.fence_id as u32 == event.fence_id as u32,
+                        Timeline::Context { .. } => p.fence_id <= event.fence_id,
+                    }
+            });
+            if let Some(last) = upto {
+                for p in &mut self.pending[..=last] {
+                    if p.timeline == event.timeline {
+                        p.signalled = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Completes, in order per timeline, the pending chains of the queues
+    /// in `queues` (index, queue) that are done; returns a mask of queues
+    /// whose driver must be interrupted.
+    fn settle(&mut self, queues: &mut [(usize, &mut Queue)], mem: &GuestMemory) -> u64 {
+        let mut mask = 0u64;
+        let mut blocked: Vec<Timeline> = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &self.pending[i];
+            let ready = (p.signalled || !p.armed) && !blocked.contains(&p.timeline);
+            let queue = queues.iter_mut().find(|(idx, _)| *idx == p.queue);
+            match (ready, queue) {
+                (true, Some((idx, q))) => {
+                    let p = self.pending.remove(i);
+                    if p.armed {
+                        self.metrics.record_fence_latency(p.since.elapsed());
+                    }
+                    if let Err(e) = q.add_used(mem, p.head, p.len) {
+                        log::warn!("virtio-gpu: cannot complete fenced chain: {e}");
+                        continue;
+                    }
+                    if q.needs_notification(mem).unwrap_or(true) {
+                        mask |= 1 << *idx;
+                    }
+                }
+                _ => {
+                    blocked.push(p.timeline);
+                    i += 1;
+                }
+            }
+        }
+        mask
     }
 
     /// Copies the readable bytes (up to [`MAX_REQUEST_LEN`]) into `request`.
@@ -213,7 +372,201 @@ impl Frontend {
             Err(e) => return (hdr, Err(CommandError::Decode(e))),
         };
         add(&self.metrics.commands[command_index(&cmd)], 1);
-        (hdr, self.execute(cmd, mem))
+        if let GpuCommand::Submit3d { size } = cmd {
+            return (
+                hdr,
+                self.read_submit(size, mem)
+                    .and_then(|()| self.execute_3d(&hdr, cmd, mem)),
+            );
+        }
+        (hdr, self.execute_3d(&hdr, cmd, mem))
+    }
+
+    /// Reads SUBMIT_3D's `size`-byte command stream (after its header) from
+    /// the readable descriptors into `self.submit`.
+    fn read_submit(&mut self, size: u32, mem: &GuestMemory) -> Result<(), CommandError> {
+        let need = SUBMIT_LEN + size as usize;
+        let mut bytes = vec![0u8; size as usize];
+        let mut filled = 0usize;
+        let mut skip = SUBMIT_LEN;
+        for &(addr, len) in &self.readable {
+            if filled == bytes.len() {
+                break;
+            }
+            let len = len as usize;
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            let start = addr
+                .checked_add(skip as u64)
+                .ok_or(CommandError::BadAddress {
+                    addr: addr.raw_value(),
+                    len,
+                })?;
+            let n = (len - skip).min(bytes.len() - filled);
+            mem.read_slice(&mut bytes[filled..filled + n], start)
+                .map_err(|_| CommandError::BadAddress {
+                    addr: start.raw_value(),
+                    len: n,
+                })?;
+            filled += n;
+            skip = 0;
+        }
+        if filled < bytes.len() {
+            return Err(CommandError::Decode(DecodeError::Short {
+                name: "SUBMIT_3D",
+                need,
+                got: SUBMIT_LEN + filled,
+            }));
+        }
+        self.submit.clear();
+        self.submit.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        add(&self.metrics.submit_bytes, u64::from(size));
+        Ok(())
+    }
+
+    /// Executes a decoded command, 3D ones included.
+    fn execute_3d(
+        &mut self,
+        hdr: &CtrlHdr,
+        cmd: GpuCommand,
+        mem: &GuestMemory,
+    ) -> Result<Response, CommandError> {
+        let name = cmd.name();
+        let ctx_id = hdr.ctx_id;
+        if cmd.is_3d() && self.backend.gpu3d().is_none() {
+            return Err(CommandError::No3d(name));
+        }
+        match cmd {
+            GpuCommand::GetCapsetInfo { index } => {
+                let Some(gpu) = self.backend.gpu3d() else {
+                    return Err(CommandError::No3d(name));
+                };
+                let info = gpu
+                    .capsets()
+                    .get(index as usize)
+                    .copied()
+                    .ok_or(BackendError::UnknownCapset(index))?;
+                Ok(Response::OkCapsetInfo {
+                    capset_id: info.id,
+                    max_version: info.max_version,
+                    max_size: info.max_size,
+                })
+            }
+            GpuCommand::GetCapset { capset_id, version } => {
+                let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
+                Ok(Response::OkCapset(gpu.capset(capset_id, version)?))
+            }
+            GpuCommand::ResourceAssignUuid { resource_id } => {
+                self.backend.info(resource_id).or_else(|e| match e {
+                    // Blobs without a scanout layout are still resources.
+                    BackendError::NotViewable(_) => Ok(super::backend::ResourceInfo {
+                        width: 0,
+                        height: 0,
+                        format: pv_display::PixelFormat::B8G8R8X8,
+                    }),
+                    e => Err(e),
+                })?;
+                Ok(Response::OkResourceUuid(resource_uuid(resource_id)))
+            }
+            GpuCommand::ResourceCreateBlob {
+                resource_id,
+                blob_mem,
+                blob_flags,
+                blob_id,
+                size,
+                entries,
+            } => {
+                let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
+                let blob = BlobRequest {
+                    ctx_id,
+                    blob_mem,
+                    blob_flags,
+                    blob_id,
+                    size,
+                };
+                let r = gpu.create_blob(resource_id, &blob, entries, mem);
+                self.sync_usage();
+                r?;
+                Ok(Response::OkNoData)
+            }
+            GpuCommand::SetScanoutBlob(blob) => {
+                self.scanouts.check(blob.scanout_id)?;
+                if blob.resource_id == 0 {
+                    self.scanouts.set(blob.scanout_id, None, blob.rect)?;
+                    return Ok(Response::OkNoData);
+                }
+                let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
+                let info = gpu.scanout_blob(&blob, mem)?;
+                self.scanouts
+                    .set(blob.scanout_id, Some((blob.resource_id, info)), blob.rect)?;
+                Ok(Response::OkNoData)
+            }
+            GpuCommand::CtxCreate {
+                context_init,
+                name: debug_name,
+            } => {
+                let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
+                gpu.ctx_create(ctx_id, context_init, &debug_name)?;
+                self.sync_usage();
+                Ok(Response::OkNoData)
+            }
+            GpuCommand::CtxDestroy => {
+                let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
+                gpu.ctx_destroy(ctx_id)?;
+                self.sync_usage();
+                Ok(Response::OkNoData)
+            }
+            GpuCommand::CtxAttachResource { resource_id } => {
+                let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
+                gpu.ctx_attach(ctx_id, resource_id)?;
+                Ok(Response::OkNoData)
+            }
+            GpuCommand::CtxDetachResource { resource_id } => {
+                let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
+                gpu.ctx_detach(ctx_id, resource_id)?;
+                Ok(Response::OkNoData)
+            }
+            GpuCommand::ResourceCreate3d { resource_id, args } => {
+                let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
+                let r = gpu.create_3d(resource_id, &args);
+                self.sync_usage();
+                r?;
+                Ok(Response::OkNoData)
+            }
+            GpuCommand::TransferToHost3d(t) | GpuCommand::TransferFromHost3d(t) => {
+                let to_host = matches!(cmd, GpuCommand::TransferToHost3d(_));
+                let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
+                gpu.transfer_3d(ctx_id, &t, to_host)?;
+                Ok(Response::OkNoData)
+            }
+            GpuCommand::Submit3d { .. } => {
+                let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
+                gpu.submit(ctx_id, &mut self.submit)?;
+                Ok(Response::OkNoData)
+            }
+            GpuCommand::ResourceMapBlob {
+                resource_id,
+                offset,
+            } => {
+                let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
+                let info = gpu.map_blob(resource_id, offset)?;
+                self.sync_usage();
+                Ok(Response::OkMapInfo(info))
+            }
+            GpuCommand::ResourceUnmapBlob { resource_id } => {
+                let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
+                gpu.unmap_blob(resource_id)?;
+                self.sync_usage();
+                Ok(Response::OkNoData)
+            }
+            cmd => self.execute(cmd, mem),
+        }
     }
 
     /// Encodes `response` for `hdr` and writes it into the writable part;
@@ -354,21 +707,53 @@ impl Frontend {
                 self.scanouts.move_cursor(pos)?;
                 Ok(Response::OkNoData)
             }
+            cmd => {
+                let hdr = CtrlHdr::default();
+                self.execute_3d(&hdr, cmd, mem)
+            }
         }
     }
 
-    fn sync_usage(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
+    fn sync_usage(&mut self) {
         let usage = self.backend.usage();
         self.metrics.resources.store(usage.resources, Relaxed);
         self.metrics.host_bytes.store(usage.host_bytes, Relaxed);
+        if let Some(gpu) = self.backend.gpu3d() {
+            let u = gpu.usage_3d();
+            let count = |f: &dyn Fn(u32) -> bool| -> u64 {
+                u.contexts
+                    .iter()
+                    .filter(|(c, _)| f(*c))
+                    .map(|(_, n)| n)
+                    .sum()
+            };
+            self.metrics
+                .contexts_venus
+                .store(count(&|c| c == CAPSET_VENUS), Relaxed);
+            self.metrics
+                .contexts_virgl
+                .store(count(&|c| c != CAPSET_VENUS), Relaxed);
+            self.metrics
+                .blob_bytes_mapped
+                .store(u.blob_bytes_mapped, Relaxed);
+        }
     }
 
     /// Turns every scanout off and hides the cursors (the device is being
     /// reset; dropping the frontend then frees every resource).
     pub fn shutdown(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
         self.scanouts.disable_all();
+        self.pending.clear();
+        if let Some(gpu) = self.backend.gpu3d() {
+            gpu.reset();
+        }
+        for c in [
+            &self.metrics.contexts_venus,
+            &self.metrics.contexts_virgl,
+            &self.metrics.blob_bytes_mapped,
+        ] {
+            c.store(0, Relaxed);
+        }
         self.metrics.resources.store(0, Relaxed);
         self.metrics.host_bytes.store(0, Relaxed);
     }
@@ -380,9 +765,57 @@ impl Frontend {
 }
 
 impl QueueHandler for Frontend {
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
-        drain_queue(queue, mem, |chain| self.process_chain(chain, mem))
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+        let mut kept = Vec::new();
+        let notify = drain_queue_deferred(queue, mem, |chain| {
+            let head = chain.head_index();
+            let outcome = self.handle_chain(chain, mem);
+            match outcome.fence {
+                Some((timeline, fence_id, armed)) => {
+                    kept.push(Pending {
+                        queue: index,
+                        head,
+                        len: outcome.len,
+                        timeline,
+                        fence_id,
+                        armed,
+                        signalled: false,
+                        since: Instant::now(),
+                    });
+                    None
+                }
+                None => Some(outcome.len),
+            }
+        });
+        if kept.is_empty() {
+            return notify;
+        }
+        self.pending.extend(kept);
+        // Fences signalled meanwhile, and ones the renderer could not arm.
+        self.note_signalled();
+        let mask = self.settle(&mut [(index, queue)], mem);
+        notify || mask != 0
     }
+
+    fn event_fd(&self) -> Option<RawFd> {
+        self.fence_fd
+    }
+
+    fn process_event(&mut self, queues: &mut [Queue], mem: &GuestMemory) -> u64 {
+        self.note_signalled();
+        let mut all: Vec<(usize, &mut Queue)> = queues.iter_mut().enumerate().collect();
+        self.settle(&mut all, mem)
+    }
+}
+
+/// A resource's UUID: stable, unique per resource id within the device.
+pub fn resource_uuid(resource_id: u32) -> [u8; 16] {
+    let mut uuid = *b"PearVisorGPU\0\0\0\0";
+    uuid[12..16].copy_from_slice(&resource_id.to_be_bytes());
+    // RFC 4122 version 8 (custom) and variant bits.
+    uuid[6] = (uuid[6] & 0x0f) | 0x80;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    uuid
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

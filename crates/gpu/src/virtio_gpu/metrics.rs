@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::protocol::{GpuCommand, MAX_SCANOUTS};
 
 /// The commands counted by type, indexed by [`command_index`].
-pub const COMMAND_NAMES: [&str; 11] = [
+pub const COMMAND_NAMES: [&str; 26] = [
     "get_display_info",
     "get_edid",
     "resource_create_2d",
@@ -25,6 +25,21 @@ pub const COMMAND_NAMES: [&str; 11] = [
     "resource_detach_backing",
     "update_cursor",
     "move_cursor",
+    "get_capset_info",
+    "get_capset",
+    "resource_assign_uuid",
+    "resource_create_blob",
+    "set_scanout_blob",
+    "ctx_create",
+    "ctx_destroy",
+    "ctx_attach_resource",
+    "ctx_detach_resource",
+    "resource_create_3d",
+    "transfer_to_host_3d",
+    "transfer_from_host_3d",
+    "submit_3d",
+    "resource_map_blob",
+    "resource_unmap_blob",
 ];
 
 /// Index of a command in [`COMMAND_NAMES`].
@@ -41,6 +56,21 @@ pub fn command_index(cmd: &GpuCommand) -> usize {
         GpuCommand::ResourceDetachBacking { .. } => 8,
         GpuCommand::UpdateCursor { .. } => 9,
         GpuCommand::MoveCursor { .. } => 10,
+        GpuCommand::GetCapsetInfo { .. } => 11,
+        GpuCommand::GetCapset { .. } => 12,
+        GpuCommand::ResourceAssignUuid { .. } => 13,
+        GpuCommand::ResourceCreateBlob { .. } => 14,
+        GpuCommand::SetScanoutBlob(_) => 15,
+        GpuCommand::CtxCreate { .. } => 16,
+        GpuCommand::CtxDestroy => 17,
+        GpuCommand::CtxAttachResource { .. } => 18,
+        GpuCommand::CtxDetachResource { .. } => 19,
+        GpuCommand::ResourceCreate3d { .. } => 20,
+        GpuCommand::TransferToHost3d(_) => 21,
+        GpuCommand::TransferFromHost3d(_) => 22,
+        GpuCommand::Submit3d { .. } => 23,
+        GpuCommand::ResourceMapBlob { .. } => 24,
+        GpuCommand::ResourceUnmapBlob { .. } => 25,
     }
 }
 
@@ -67,6 +97,20 @@ pub struct GpuMetrics {
     pub latency_count: AtomicU64,
     pub latency_total_ns: AtomicU64,
     pub latency_max_ns: AtomicU64,
+    /// Bytes of 3D command streams submitted.
+    pub submit_bytes: AtomicU64,
+    /// Live contexts by type.
+    pub contexts_venus: AtomicU64,
+    pub contexts_virgl: AtomicU64,
+    /// Bytes of blobs mapped into the host-visible window now.
+    pub blob_bytes_mapped: AtomicU64,
+    /// Renderer fences signalled, on the device timeline and on context rings.
+    pub fences_global: AtomicU64,
+    pub fences_context: AtomicU64,
+    /// From a fenced command's arrival to its fence signalling, in ns.
+    pub fence_latency_count: AtomicU64,
+    pub fence_latency_total_ns: AtomicU64,
+    pub fence_latency_max_ns: AtomicU64,
 }
 
 /// A point-in-time copy of [`GpuMetrics`].
@@ -82,6 +126,14 @@ pub struct GpuMetricsSnapshot {
     pub fences: u64,
     pub latency_mean_ns: u64,
     pub latency_max_ns: u64,
+    pub submit_bytes: u64,
+    pub contexts_venus: u64,
+    pub contexts_virgl: u64,
+    pub blob_bytes_mapped: u64,
+    pub fences_global: u64,
+    pub fences_context: u64,
+    pub fence_latency_mean_ns: u64,
+    pub fence_latency_max_ns: u64,
 }
 
 impl GpuMetricsSnapshot {
@@ -112,6 +164,14 @@ impl GpuMetrics {
         self.latency_max_ns.fetch_max(ns, Ordering::Relaxed);
     }
 
+    /// Records one renderer fence's latency.
+    pub fn record_fence_latency(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        add(&self.fence_latency_count, 1);
+        add(&self.fence_latency_total_ns, ns);
+        self.fence_latency_max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
     /// Reads every counter; `flushes` for the first `scanouts` scanouts.
     pub fn snapshot(&self, scanouts: usize) -> GpuMetricsSnapshot {
         let count = get(&self.latency_count);
@@ -133,13 +193,26 @@ impl GpuMetrics {
             fences: get(&self.fences),
             latency_mean_ns: get(&self.latency_total_ns).checked_div(count).unwrap_or(0),
             latency_max_ns: get(&self.latency_max_ns),
+            submit_bytes: get(&self.submit_bytes),
+            contexts_venus: get(&self.contexts_venus),
+            contexts_virgl: get(&self.contexts_virgl),
+            blob_bytes_mapped: get(&self.blob_bytes_mapped),
+            fences_global: get(&self.fences_global),
+            fences_context: get(&self.fences_context),
+            fence_latency_mean_ns: get(&self.fence_latency_total_ns)
+                .checked_div(get(&self.fence_latency_count))
+                .unwrap_or(0),
+            fence_latency_max_ns: get(&self.fence_latency_max_ns),
         }
     }
 
     /// The flat JSON object of `VirtioDevice::metrics`: `commands_<type>`,
     /// `commands_invalid`, `errors`, `resources_current`,
     /// `host_bytes_current`, `transfer_bytes`, `flushes_scanout_<n>`,
-    /// `fences`, `command_latency_mean_ns`, `command_latency_max_ns`.
+    /// `fences`, `command_latency_mean_ns`, `command_latency_max_ns`, and
+    /// the 3D ones: `submit_3d_bytes`, `contexts_{venus,virgl}_current`,
+    /// `blob_bytes_mapped_current`, `fences_{global,context}`,
+    /// `fence_latency_{mean,max}_ns`.
     pub fn to_json(&self, scanouts: usize) -> serde_json::Value {
         let s = self.snapshot(scanouts);
         let mut m = serde_json::Map::new();
@@ -157,6 +230,20 @@ impl GpuMetrics {
         m.insert("fences".into(), s.fences.into());
         m.insert("command_latency_mean_ns".into(), s.latency_mean_ns.into());
         m.insert("command_latency_max_ns".into(), s.latency_max_ns.into());
+        m.insert("submit_3d_bytes".into(), s.submit_bytes.into());
+        m.insert("contexts_venus_current".into(), s.contexts_venus.into());
+        m.insert("contexts_virgl_current".into(), s.contexts_virgl.into());
+        m.insert(
+            "blob_bytes_mapped_current".into(),
+            s.blob_bytes_mapped.into(),
+        );
+        m.insert("fences_global".into(), s.fences_global.into());
+        m.insert("fences_context".into(), s.fences_context.into());
+        m.insert(
+            "fence_latency_mean_ns".into(),
+            s.fence_latency_mean_ns.into(),
+        );
+        m.insert("fence_latency_max_ns".into(), s.fence_latency_max_ns.into());
         serde_json::Value::Object(m)
     }
 }

@@ -31,13 +31,17 @@ pub mod params;
 pub mod protocol;
 pub mod resources;
 pub mod scanout;
+pub mod virgl_backend;
 
 #[cfg(test)]
 mod adversarial;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{BackendError, BackendUsage, GpuBackend, ResourceInfo, ResourceView};
+pub use backend::{
+    BackendError, BackendUsage, BlobRequest, Gpu3d, GpuBackend, HostVisibleWindow, ResourceInfo,
+    ResourceView, Usage3d,
+};
 pub use device::{GpuDeviceError, VirtioGpu, QUEUE_SIZE, THREAD_NAME};
 pub use frontend::{CommandError, Frontend};
 pub use metrics::{GpuMetrics, GpuMetricsSnapshot};
@@ -45,3 +49,4 @@ pub use params::{GpuParams, ParamsError};
 pub use protocol::{GpuCommand, Response};
 pub use resources::Backend2d;
 pub use scanout::{DisplayControl, ResizeError, ScanoutError, Scanouts};
+pub use virgl_backend::VirglBackend;

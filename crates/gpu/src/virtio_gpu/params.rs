@@ -8,12 +8,18 @@
 use serde::{Deserialize, Serialize};
 
 use super::protocol::MAX_SCANOUTS;
+use crate::virgl::ContextTypes;
 
 /// Default mode of every display.
 pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 800;
 /// Default cap on host memory held by the guest's resources.
 pub const DEFAULT_MAX_HOSTMEM: u64 = 256 << 20;
+/// Default size of the host-visible window (3D only).
+pub const DEFAULT_HOSTMEM: u64 = 1 << 30;
+/// Smallest and largest host-visible windows.
+pub const MIN_HOSTMEM: u64 = 16 << 20;
+pub const MAX_HOSTMEM_WINDOW: u64 = 64 << 30;
 /// Smallest and largest display sizes (the Linux driver's limits).
 pub const MIN_SIZE: u32 = 32;
 pub const MAX_SIZE: u32 = 8192;
@@ -21,7 +27,7 @@ pub const MAX_SIZE: u32 = 8192;
 /// Errors in GPU parameters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParamsError {
-    #[error("unknown gpu option '{0}' (expected width, height, displays, max-hostmem)")]
+    #[error("unknown gpu option '{0}' (expected width, height, displays, max-hostmem, context-types, hostmem)")]
     UnknownKey(String),
     #[error("gpu option '{0}' needs a value (key=value)")]
     MissingValue(String),
@@ -37,6 +43,12 @@ pub enum ParamsError {
     BadSize(String),
     #[error("gpu display size {width}x{height} is outside 32x32 to 8192x8192")]
     BadMode { width: u32, height: u32 },
+    #[error("unknown context type '{0}' in gpu context-types (expected venus, virgl, or both as venus:virgl)")]
+    BadContextType(String),
+    #[error("gpu hostmem={0} must be a power of two from 16M to 64G")]
+    BadHostmem(u64),
+    #[error("gpu hostmem sizes the 3D host-visible window: give context-types=venus and/or virgl with it")]
+    HostmemWithout3d,
     #[error("gpu displays={0} is outside 1 to 16")]
     BadDisplays(u32),
     #[error("gpu max-hostmem={max} bytes cannot hold one {width}x{height} frame ({frame} bytes)")]
@@ -64,6 +76,21 @@ pub struct GpuParams {
     /// The most host memory, in bytes, the guest's resources may hold.
     #[serde(default = "default_max_hostmem")]
     pub max_hostmem: u64,
+    /// 3D context types (none: a 2D device).
+    #[serde(default, skip_serializing_if = "is_2d")]
+    pub context_types: ContextTypes,
+    /// Size of the host-visible window for mapped blobs (3D only; 0: the
+    /// default, [`DEFAULT_HOSTMEM`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hostmem: u64,
+}
+
+fn is_2d(t: &ContextTypes) -> bool {
+    !t.any()
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn default_width() -> u32 {
@@ -89,6 +116,8 @@ impl Default for GpuParams {
             height: DEFAULT_HEIGHT,
             displays: 1,
             max_hostmem: DEFAULT_MAX_HOSTMEM,
+            context_types: ContextTypes::default(),
+            hostmem: 0,
         }
     }
 }
@@ -102,6 +131,8 @@ impl GpuParams {
         let mut height = None;
         let mut displays = None;
         let mut max_hostmem = None;
+        let mut context_types = None;
+        let mut hostmem = None;
         if s.is_empty() {
             return Ok(Self::default());
         }
@@ -121,6 +152,14 @@ impl GpuParams {
                     "max-hostmem",
                     parse_size(value).ok_or_else(|| ParamsError::BadSize(value.to_string()))?,
                 )?,
+                "context-types" | "context_types" => {
+                    set_once(&mut context_types, "context-types", parse_types(value)?)?
+                }
+                "hostmem" => set_once(
+                    &mut hostmem,
+                    "hostmem",
+                    parse_size(value).ok_or_else(|| ParamsError::BadSize(value.to_string()))?,
+                )?,
                 _ => return Err(ParamsError::UnknownKey(key.to_string())),
             }
         }
@@ -129,7 +168,18 @@ impl GpuParams {
             height: height.unwrap_or(DEFAULT_HEIGHT),
             displays: displays.unwrap_or(1),
             max_hostmem: max_hostmem.unwrap_or(DEFAULT_MAX_HOSTMEM),
+            context_types: context_types.unwrap_or_default(),
+            hostmem: hostmem.unwrap_or(0),
         })
+    }
+
+    /// The host-visible window's size (0 for a 2D device).
+    pub fn hostmem_window(&self) -> u64 {
+        match (self.context_types.any(), self.hostmem) {
+            (false, _) => 0,
+            (true, 0) => DEFAULT_HOSTMEM,
+            (true, n) => n,
+        }
     }
 
     /// Checks the values: a mode of 32x32 to 8192x8192, 1 to 16 displays,
@@ -138,6 +188,16 @@ impl GpuParams {
         check_mode(self.width, self.height)?;
         if self.displays == 0 || self.displays as usize > MAX_SCANOUTS {
             return Err(ParamsError::BadDisplays(self.displays));
+        }
+        if self.hostmem != 0 {
+            if !self.context_types.any() {
+                return Err(ParamsError::HostmemWithout3d);
+            }
+            if !self.hostmem.is_power_of_two()
+                || !(MIN_HOSTMEM..=MAX_HOSTMEM_WINDOW).contains(&self.hostmem)
+            {
+                return Err(ParamsError::BadHostmem(self.hostmem));
+            }
         }
         let frame = u64::from(self.width) * u64::from(self.height) * 4;
         if self.max_hostmem < frame {
@@ -150,6 +210,19 @@ impl GpuParams {
         }
         Ok(())
     }
+}
+
+/// `venus`, `virgl`, `venus:virgl` (either order).
+fn parse_types(value: &str) -> Result<ContextTypes, ParamsError> {
+    let mut types = ContextTypes::default();
+    for t in value.split(':') {
+        match t {
+            "venus" => types.venus = true,
+            "virgl" | "virgl2" => types.virgl = true,
+            other => return Err(ParamsError::BadContextType(other.to_string())),
+        }
+    }
+    Ok(types)
 }
 
 /// Checks a display size is within [`MIN_SIZE`] and [`MAX_SIZE`].
@@ -209,8 +282,17 @@ mod tests {
                 height: 1080,
                 displays: 2,
                 max_hostmem: 512 << 20,
+                ..GpuParams::default()
             }
         );
+        let p = GpuParams::parse("context-types=venus:virgl,hostmem=2G").unwrap();
+        assert!(p.context_types.venus && p.context_types.virgl);
+        assert_eq!(p.hostmem_window(), 2 << 30);
+        p.validate().unwrap();
+        let p = GpuParams::parse("context-types=venus").unwrap();
+        assert!(p.context_types.venus && !p.context_types.virgl);
+        assert_eq!(p.hostmem_window(), DEFAULT_HOSTMEM);
+        assert_eq!(GpuParams::default().hostmem_window(), 0);
         p.validate().unwrap();
         let p = GpuParams::parse("displays=16").unwrap();
         assert_eq!((p.width, p.height, p.displays), (1280, 800, 16));
@@ -238,7 +320,7 @@ mod tests {
             (
                 "depth=24",
                 ParamsError::UnknownKey("depth".into()),
-                "unknown gpu option 'depth' (expected width, height, displays, max-hostmem)",
+                "unknown gpu option 'depth' (expected width, height, displays, max-hostmem, context-types, hostmem)",
             ),
             (
                 "width",
@@ -274,7 +356,14 @@ mod tests {
                 "invalid size '99999999999T' for gpu option max-hostmem (expected bytes or a K, M, G or T suffix)",
             ),
         ];
-        for (s, err, msg) in cases {
+        let more = [
+            (
+                "context-types=metal",
+                ParamsError::BadContextType("metal".into()),
+                "unknown context type 'metal' in gpu context-types (expected venus, virgl, or both as venus:virgl)",
+            ),
+        ];
+        for (s, err, msg) in cases.into_iter().chain(more) {
             let got = GpuParams::parse(s).unwrap_err();
             assert_eq!(got, err, "{s}");
             assert_eq!(got.to_string(), msg);
@@ -310,6 +399,18 @@ mod tests {
                 ..GpuParams::default()
             };
             assert_eq!(p.validate(), Err(ParamsError::BadDisplays(n)));
+        }
+        let p = GpuParams::parse("hostmem=1G").unwrap();
+        assert_eq!(p.validate(), Err(ParamsError::HostmemWithout3d));
+        for bad in [
+            "context-types=venus,hostmem=3G",
+            "context-types=venus,hostmem=8M",
+        ] {
+            let p = GpuParams::parse(bad).unwrap();
+            assert!(
+                matches!(p.validate(), Err(ParamsError::BadHostmem(_))),
+                "{bad}"
+            );
         }
         let small = GpuParams {
             max_hostmem: 1 << 20,

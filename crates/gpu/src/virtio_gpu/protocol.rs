@@ -11,10 +11,19 @@
 
 use pv_display::{PixelFormat, Rect};
 
-/// Feature bit: 3D (virgl) commands. Not offered by the 2D device.
+/// Feature bit: 3D commands (offered whenever a 3D context type is on:
+/// Linux gates every 3D ioctl on it, Venus included).
 pub const VIRTIO_GPU_F_VIRGL: u32 = 0;
 /// Feature bit: GET_EDID is supported.
 pub const VIRTIO_GPU_F_EDID: u32 = 1;
+/// Feature bit: RESOURCE_ASSIGN_UUID.
+pub const VIRTIO_GPU_F_RESOURCE_UUID: u32 = 2;
+/// Feature bit: blob resources and the host-visible memory region.
+pub const VIRTIO_GPU_F_RESOURCE_BLOB: u32 = 3;
+/// Feature bit: CTX_CREATE carries a capset id; fences carry a ring index.
+pub const VIRTIO_GPU_F_CONTEXT_INIT: u32 = 4;
+/// Shared memory region id of the host-visible memory.
+pub const SHM_ID_HOST_VISIBLE: u8 = 1;
 
 /// Scanouts the protocol can describe (`VIRTIO_GPU_MAX_SCANOUTS`).
 pub const MAX_SCANOUTS: usize = 16;
@@ -38,6 +47,20 @@ pub const CMD_RESOURCE_DETACH_BACKING: u32 = 0x0107;
 pub const CMD_GET_CAPSET_INFO: u32 = 0x0108;
 pub const CMD_GET_CAPSET: u32 = 0x0109;
 pub const CMD_GET_EDID: u32 = 0x010a;
+pub const CMD_RESOURCE_ASSIGN_UUID: u32 = 0x010b;
+pub const CMD_RESOURCE_CREATE_BLOB: u32 = 0x010c;
+pub const CMD_SET_SCANOUT_BLOB: u32 = 0x010d;
+// 3D commands.
+pub const CMD_CTX_CREATE: u32 = 0x0200;
+pub const CMD_CTX_DESTROY: u32 = 0x0201;
+pub const CMD_CTX_ATTACH_RESOURCE: u32 = 0x0202;
+pub const CMD_CTX_DETACH_RESOURCE: u32 = 0x0203;
+pub const CMD_RESOURCE_CREATE_3D: u32 = 0x0204;
+pub const CMD_TRANSFER_TO_HOST_3D: u32 = 0x0205;
+pub const CMD_TRANSFER_FROM_HOST_3D: u32 = 0x0206;
+pub const CMD_SUBMIT_3D: u32 = 0x0207;
+pub const CMD_RESOURCE_MAP_BLOB: u32 = 0x0208;
+pub const CMD_RESOURCE_UNMAP_BLOB: u32 = 0x0209;
 // Cursor commands.
 pub const CMD_UPDATE_CURSOR: u32 = 0x0300;
 pub const CMD_MOVE_CURSOR: u32 = 0x0301;
@@ -45,7 +68,11 @@ pub const CMD_MOVE_CURSOR: u32 = 0x0301;
 // Success responses.
 pub const RESP_OK_NODATA: u32 = 0x1100;
 pub const RESP_OK_DISPLAY_INFO: u32 = 0x1101;
+pub const RESP_OK_CAPSET_INFO: u32 = 0x1102;
+pub const RESP_OK_CAPSET: u32 = 0x1103;
 pub const RESP_OK_EDID: u32 = 0x1104;
+pub const RESP_OK_RESOURCE_UUID: u32 = 0x1105;
+pub const RESP_OK_MAP_INFO: u32 = 0x1106;
 // Error responses.
 pub const RESP_ERR_UNSPEC: u32 = 0x1200;
 pub const RESP_ERR_OUT_OF_MEMORY: u32 = 0x1201;
@@ -77,6 +104,22 @@ pub const MAX_BACKING_ENTRIES: u32 = 16384;
 /// The longest request the device reads: ATTACH_BACKING with the most entries.
 pub const MAX_REQUEST_LEN: usize =
     ATTACH_BACKING_LEN + MAX_BACKING_ENTRIES as usize * MEM_ENTRY_LEN;
+/// Length of `struct virtio_gpu_submit` (before its command stream).
+pub const SUBMIT_LEN: usize = HDR_LEN + 8;
+/// The longest 3D command stream one SUBMIT_3D may carry (virgl's command
+/// buffers are at most 256 KiB; Venus passes its commands through shared
+/// memory).
+pub const MAX_SUBMIT_BYTES: u32 = 4 << 20;
+/// Length of `struct virtio_gpu_resource_create_blob` (before its entries).
+pub const CREATE_BLOB_LEN: usize = HDR_LEN + 32;
+/// The longest debug name CTX_CREATE carries.
+pub const CTX_NAME_MAX: usize = 64;
+/// Length of `struct virtio_gpu_resp_capset_info`.
+pub const CAPSET_INFO_RESP_LEN: usize = HDR_LEN + 16;
+/// Length of `struct virtio_gpu_resp_resource_uuid`.
+pub const UUID_RESP_LEN: usize = HDR_LEN + 16;
+/// Length of `struct virtio_gpu_resp_map_info`.
+pub const MAP_INFO_RESP_LEN: usize = HDR_LEN + 8;
 /// Length of `struct virtio_gpu_resp_display_info`.
 pub const DISPLAY_INFO_LEN: usize = HDR_LEN + MAX_SCANOUTS * 24;
 /// Bytes of EDID data `struct virtio_gpu_resp_edid` can carry.
@@ -99,13 +142,15 @@ pub enum DecodeError {
     Unknown(u32),
     #[error("{0} backing entries, more than the limit of 16384")]
     TooManyEntries(u32),
+    #[error("SUBMIT_3D of {0} bytes (the limit is 4 MiB, in whole dwords)")]
+    BadSubmitSize(u32),
 }
 
 impl DecodeError {
     /// The response type the driver gets for this error.
     pub fn response_type(&self) -> u32 {
         match self {
-            Self::TooManyEntries(_) => RESP_ERR_INVALID_PARAMETER,
+            Self::TooManyEntries(_) | Self::BadSubmitSize(_) => RESP_ERR_INVALID_PARAMETER,
             _ => RESP_ERR_UNSPEC,
         }
     }
@@ -235,6 +280,106 @@ pub enum GpuCommand {
     MoveCursor {
         pos: CursorPos,
     },
+    GetCapsetInfo {
+        index: u32,
+    },
+    GetCapset {
+        capset_id: u32,
+        version: u32,
+    },
+    ResourceAssignUuid {
+        resource_id: u32,
+    },
+    ResourceCreateBlob {
+        resource_id: u32,
+        blob_mem: u32,
+        blob_flags: u32,
+        blob_id: u64,
+        size: u64,
+        entries: Vec<MemEntry>,
+    },
+    SetScanoutBlob(ScanoutBlob),
+    /// The header's ctx_id is the context.
+    CtxCreate {
+        /// The capset id of VIRTIO_GPU_F_CONTEXT_INIT (0: the default).
+        context_init: u32,
+        name: Vec<u8>,
+    },
+    CtxDestroy,
+    CtxAttachResource {
+        resource_id: u32,
+    },
+    CtxDetachResource {
+        resource_id: u32,
+    },
+    ResourceCreate3d {
+        resource_id: u32,
+        args: Create3d,
+    },
+    TransferToHost3d(Transfer3d),
+    TransferFromHost3d(Transfer3d),
+    /// The command stream, `size` bytes (a whole number of dwords); read
+    /// from the chain by the frontend, not part of the decoded request.
+    Submit3d {
+        size: u32,
+    },
+    ResourceMapBlob {
+        resource_id: u32,
+        offset: u64,
+    },
+    ResourceUnmapBlob {
+        resource_id: u32,
+    },
+}
+
+/// `struct virtio_gpu_resource_create_3d`'s arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Create3d {
+    pub target: u32,
+    pub format: u32,
+    pub bind: u32,
+    pub width: u32,
+    pub height: u32,
+    pub depth: u32,
+    pub array_size: u32,
+    pub last_level: u32,
+    pub nr_samples: u32,
+    pub flags: u32,
+}
+
+/// `struct virtio_gpu_box`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Box3d {
+    pub x: u32,
+    pub y: u32,
+    pub z: u32,
+    pub w: u32,
+    pub h: u32,
+    pub d: u32,
+}
+
+/// `struct virtio_gpu_transfer_host_3d`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfer3d {
+    pub bx: Box3d,
+    pub offset: u64,
+    pub resource_id: u32,
+    pub level: u32,
+    pub stride: u32,
+    pub layer_stride: u32,
+}
+
+/// `struct virtio_gpu_set_scanout_blob`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanoutBlob {
+    pub rect: Rect,
+    pub scanout_id: u32,
+    pub resource_id: u32,
+    pub width: u32,
+    pub height: u32,
+    pub format: u32,
+    pub strides: [u32; 4],
+    pub offsets: [u32; 4],
 }
 
 impl GpuCommand {
@@ -310,14 +455,7 @@ impl GpuCommand {
                 let len = ATTACH_BACKING_LEN + nr_entries as usize * MEM_ENTRY_LEN;
                 let mut r = need("RESOURCE_ATTACH_BACKING", len)?;
                 r.skip(8);
-                let entries = (0..nr_entries)
-                    .map(|_| {
-                        let addr = r.u64();
-                        let length = r.u32();
-                        r.skip(4);
-                        MemEntry { addr, length }
-                    })
-                    .collect();
+                let entries = r.entries(nr_entries);
                 GpuCommand::ResourceAttachBacking {
                     resource_id,
                     entries,
@@ -345,9 +483,158 @@ impl GpuCommand {
                     pos: r.cursor_pos(),
                 }
             }
+            CMD_GET_CAPSET_INFO => {
+                let mut r = need("GET_CAPSET_INFO", HDR_LEN + 8)?;
+                GpuCommand::GetCapsetInfo { index: r.u32() }
+            }
+            CMD_GET_CAPSET => {
+                let mut r = need("GET_CAPSET", HDR_LEN + 8)?;
+                GpuCommand::GetCapset {
+                    capset_id: r.u32(),
+                    version: r.u32(),
+                }
+            }
+            CMD_RESOURCE_ASSIGN_UUID => {
+                let mut r = need("RESOURCE_ASSIGN_UUID", HDR_LEN + 8)?;
+                GpuCommand::ResourceAssignUuid {
+                    resource_id: r.u32(),
+                }
+            }
+            CMD_RESOURCE_CREATE_BLOB => {
+                let mut r = need("RESOURCE_CREATE_BLOB", CREATE_BLOB_LEN)?;
+                let resource_id = r.u32();
+                let blob_mem = r.u32();
+                let blob_flags = r.u32();
+                let nr_entries = r.u32();
+                let blob_id = r.u64();
+                let size = r.u64();
+                if nr_entries > MAX_BACKING_ENTRIES {
+                    return Err(DecodeError::TooManyEntries(nr_entries));
+                }
+                let len = CREATE_BLOB_LEN + nr_entries as usize * MEM_ENTRY_LEN;
+                let mut r = need("RESOURCE_CREATE_BLOB", len)?;
+                r.skip(CREATE_BLOB_LEN - HDR_LEN);
+                GpuCommand::ResourceCreateBlob {
+                    resource_id,
+                    blob_mem,
+                    blob_flags,
+                    blob_id,
+                    size,
+                    entries: r.entries(nr_entries),
+                }
+            }
+            CMD_SET_SCANOUT_BLOB => {
+                let mut r = need("SET_SCANOUT_BLOB", HDR_LEN + 80)?;
+                let rect = r.rect();
+                let scanout_id = r.u32();
+                let resource_id = r.u32();
+                let width = r.u32();
+                let height = r.u32();
+                let format = r.u32();
+                r.skip(4);
+                let strides = [r.u32(), r.u32(), r.u32(), r.u32()];
+                let offsets = [r.u32(), r.u32(), r.u32(), r.u32()];
+                GpuCommand::SetScanoutBlob(ScanoutBlob {
+                    rect,
+                    scanout_id,
+                    resource_id,
+                    width,
+                    height,
+                    format,
+                    strides,
+                    offsets,
+                })
+            }
+            CMD_CTX_CREATE => {
+                let mut r = need("CTX_CREATE", HDR_LEN + 8 + CTX_NAME_MAX)?;
+                let nlen = (r.u32() as usize).min(CTX_NAME_MAX);
+                let context_init = r.u32();
+                let name = buf[HDR_LEN + 8..HDR_LEN + 8 + nlen].to_vec();
+                GpuCommand::CtxCreate { context_init, name }
+            }
+            CMD_CTX_DESTROY => GpuCommand::CtxDestroy,
+            CMD_CTX_ATTACH_RESOURCE => {
+                let mut r = need("CTX_ATTACH_RESOURCE", HDR_LEN + 8)?;
+                GpuCommand::CtxAttachResource {
+                    resource_id: r.u32(),
+                }
+            }
+            CMD_CTX_DETACH_RESOURCE => {
+                let mut r = need("CTX_DETACH_RESOURCE", HDR_LEN + 8)?;
+                GpuCommand::CtxDetachResource {
+                    resource_id: r.u32(),
+                }
+            }
+            CMD_RESOURCE_CREATE_3D => {
+                let mut r = need("RESOURCE_CREATE_3D", HDR_LEN + 48)?;
+                let resource_id = r.u32();
+                GpuCommand::ResourceCreate3d {
+                    resource_id,
+                    args: Create3d {
+                        target: r.u32(),
+                        format: r.u32(),
+                        bind: r.u32(),
+                        width: r.u32(),
+                        height: r.u32(),
+                        depth: r.u32(),
+                        array_size: r.u32(),
+                        last_level: r.u32(),
+                        nr_samples: r.u32(),
+                        flags: r.u32(),
+                    },
+                }
+            }
+            CMD_TRANSFER_TO_HOST_3D => GpuCommand::TransferToHost3d(
+                need("TRANSFER_TO_HOST_3D", HDR_LEN + 48)?.transfer_3d(),
+            ),
+            CMD_TRANSFER_FROM_HOST_3D => GpuCommand::TransferFromHost3d(
+                need("TRANSFER_FROM_HOST_3D", HDR_LEN + 48)?.transfer_3d(),
+            ),
+            CMD_SUBMIT_3D => {
+                let mut r = need("SUBMIT_3D", SUBMIT_LEN)?;
+                let size = r.u32();
+                if size > MAX_SUBMIT_BYTES || size % 4 != 0 {
+                    return Err(DecodeError::BadSubmitSize(size));
+                }
+                GpuCommand::Submit3d { size }
+            }
+            CMD_RESOURCE_MAP_BLOB => {
+                let mut r = need("RESOURCE_MAP_BLOB", HDR_LEN + 16)?;
+                let resource_id = r.u32();
+                r.skip(4);
+                GpuCommand::ResourceMapBlob {
+                    resource_id,
+                    offset: r.u64(),
+                }
+            }
+            CMD_RESOURCE_UNMAP_BLOB => {
+                let mut r = need("RESOURCE_UNMAP_BLOB", HDR_LEN + 8)?;
+                GpuCommand::ResourceUnmapBlob {
+                    resource_id: r.u32(),
+                }
+            }
             t => return Err(DecodeError::Unknown(t)),
         };
         Ok((hdr, cmd))
+    }
+
+    /// Whether the command needs a 3D device (VIRGL, RESOURCE_BLOB,
+    /// CONTEXT_INIT or RESOURCE_UUID features).
+    pub fn is_3d(&self) -> bool {
+        !matches!(
+            self,
+            Self::GetDisplayInfo
+                | Self::GetEdid { .. }
+                | Self::ResourceCreate2d { .. }
+                | Self::ResourceUnref { .. }
+                | Self::SetScanout { .. }
+                | Self::ResourceFlush { .. }
+                | Self::TransferToHost2d { .. }
+                | Self::ResourceAttachBacking { .. }
+                | Self::ResourceDetachBacking { .. }
+                | Self::UpdateCursor { .. }
+                | Self::MoveCursor { .. }
+        )
     }
 
     /// The command's name as the spec spells it.
@@ -364,6 +651,21 @@ impl GpuCommand {
             Self::ResourceDetachBacking { .. } => "RESOURCE_DETACH_BACKING",
             Self::UpdateCursor { .. } => "UPDATE_CURSOR",
             Self::MoveCursor { .. } => "MOVE_CURSOR",
+            Self::GetCapsetInfo { .. } => "GET_CAPSET_INFO",
+            Self::GetCapset { .. } => "GET_CAPSET",
+            Self::ResourceAssignUuid { .. } => "RESOURCE_ASSIGN_UUID",
+            Self::ResourceCreateBlob { .. } => "RESOURCE_CREATE_BLOB",
+            Self::SetScanoutBlob(_) => "SET_SCANOUT_BLOB",
+            Self::CtxCreate { .. } => "CTX_CREATE",
+            Self::CtxDestroy => "CTX_DESTROY",
+            Self::CtxAttachResource { .. } => "CTX_ATTACH_RESOURCE",
+            Self::CtxDetachResource { .. } => "CTX_DETACH_RESOURCE",
+            Self::ResourceCreate3d { .. } => "RESOURCE_CREATE_3D",
+            Self::TransferToHost3d(_) => "TRANSFER_TO_HOST_3D",
+            Self::TransferFromHost3d(_) => "TRANSFER_FROM_HOST_3D",
+            Self::Submit3d { .. } => "SUBMIT_3D",
+            Self::ResourceMapBlob { .. } => "RESOURCE_MAP_BLOB",
+            Self::ResourceUnmapBlob { .. } => "RESOURCE_UNMAP_BLOB",
         }
     }
 }
@@ -399,6 +701,14 @@ pub enum Response {
     OkDisplayInfo(Vec<DisplayOne>),
     /// EDID bytes (at most [`EDID_MAX`]).
     OkEdid(Vec<u8>),
+    OkCapsetInfo {
+        capset_id: u32,
+        max_version: u32,
+        max_size: u32,
+    },
+    OkCapset(Vec<u8>),
+    OkResourceUuid([u8; 16]),
+    OkMapInfo(u32),
     /// An error response type (`RESP_ERR_*`).
     Err(u32),
 }
@@ -410,6 +720,10 @@ impl Response {
             Self::OkNoData => RESP_OK_NODATA,
             Self::OkDisplayInfo(_) => RESP_OK_DISPLAY_INFO,
             Self::OkEdid(_) => RESP_OK_EDID,
+            Self::OkCapsetInfo { .. } => RESP_OK_CAPSET_INFO,
+            Self::OkCapset(_) => RESP_OK_CAPSET,
+            Self::OkResourceUuid(_) => RESP_OK_RESOURCE_UUID,
+            Self::OkMapInfo(_) => RESP_OK_MAP_INFO,
             Self::Err(t) => *t,
         }
     }
@@ -419,6 +733,10 @@ impl Response {
         match self {
             Self::OkDisplayInfo(_) => DISPLAY_INFO_LEN,
             Self::OkEdid(_) => EDID_RESP_LEN,
+            Self::OkCapsetInfo { .. } => CAPSET_INFO_RESP_LEN,
+            Self::OkCapset(data) => HDR_LEN + data.len(),
+            Self::OkResourceUuid(_) => UUID_RESP_LEN,
+            Self::OkMapInfo(_) => MAP_INFO_RESP_LEN,
             _ => HDR_LEN,
         }
     }
@@ -450,6 +768,21 @@ impl Response {
                 out.extend_from_slice(&0u32.to_le_bytes());
                 out.extend_from_slice(&edid[..n]);
                 out.resize(EDID_RESP_LEN, 0);
+            }
+            Self::OkCapsetInfo {
+                capset_id,
+                max_version,
+                max_size,
+            } => {
+                for v in [*capset_id, *max_version, *max_size, 0] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            Self::OkCapset(data) => out.extend_from_slice(data),
+            Self::OkResourceUuid(uuid) => out.extend_from_slice(uuid),
+            Self::OkMapInfo(info) => {
+                out.extend_from_slice(&info.to_le_bytes());
+                out.extend_from_slice(&0u32.to_le_bytes());
             }
         }
     }
@@ -489,6 +822,36 @@ impl<'a> Reader<'a> {
 
     fn rect(&mut self) -> Rect {
         Rect::new(self.u32(), self.u32(), self.u32(), self.u32())
+    }
+
+    fn entries(&mut self, n: u32) -> Vec<MemEntry> {
+        (0..n)
+            .map(|_| {
+                let addr = self.u64();
+                let length = self.u32();
+                self.skip(4);
+                MemEntry { addr, length }
+            })
+            .collect()
+    }
+
+    fn transfer_3d(&mut self) -> Transfer3d {
+        let bx = Box3d {
+            x: self.u32(),
+            y: self.u32(),
+            z: self.u32(),
+            w: self.u32(),
+            h: self.u32(),
+            d: self.u32(),
+        };
+        Transfer3d {
+            bx,
+            offset: self.u64(),
+            resource_id: self.u32(),
+            level: self.u32(),
+            stride: self.u32(),
+            layer_stride: self.u32(),
+        }
     }
 
     fn cursor_pos(&mut self) -> CursorPos {
@@ -769,17 +1132,55 @@ mod tests {
             GpuCommand::decode(&[0; 23]).unwrap_err(),
             DecodeError::ShortHeader(23)
         );
-        for t in [
-            0,
-            CMD_GET_CAPSET_INFO,
-            CMD_GET_CAPSET,
-            0x0200,
-            0x1100,
-            u32::MAX,
-        ] {
+        for t in [0, 0x010e, 0x020a, 0x1100, u32::MAX] {
             let err = GpuCommand::decode(&encode::hdr(t, 0, 0)).unwrap_err();
             assert_eq!(err, DecodeError::Unknown(t));
             assert_eq!(err.response_type(), RESP_ERR_UNSPEC);
+        }
+        // 3D requests shorter than their struct.
+        for (t, name) in [
+            (CMD_GET_CAPSET_INFO, "GET_CAPSET_INFO"),
+            (CMD_CTX_CREATE, "CTX_CREATE"),
+            (CMD_RESOURCE_CREATE_3D, "RESOURCE_CREATE_3D"),
+            (CMD_SUBMIT_3D, "SUBMIT_3D"),
+            (CMD_RESOURCE_CREATE_BLOB, "RESOURCE_CREATE_BLOB"),
+            (CMD_SET_SCANOUT_BLOB, "SET_SCANOUT_BLOB"),
+        ] {
+            let err = GpuCommand::decode(&encode::hdr(t, 0, 0)).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::Short { name: n, got: 24, .. } if n == name),
+                "{err:?}"
+            );
+        }
+        // SUBMIT_3D sizes: whole dwords, at most 4 MiB.
+        for (size, ok) in [
+            (0u32, true),
+            (8, true),
+            (6, false),
+            (MAX_SUBMIT_BYTES, true),
+            (MAX_SUBMIT_BYTES + 4, false),
+        ] {
+            let mut req = encode::hdr(CMD_SUBMIT_3D, 0, 0);
+            req.extend_from_slice(&size.to_le_bytes());
+            req.extend_from_slice(&0u32.to_le_bytes());
+            let got = GpuCommand::decode(&req).map(|(_, c)| c);
+            if ok {
+                assert_eq!(got, Ok(GpuCommand::Submit3d { size }));
+            } else {
+                assert_eq!(got, Err(DecodeError::BadSubmitSize(size)));
+            }
+        }
+        // CTX_CREATE's name length is clamped to its 64-byte field.
+        let mut req = encode::hdr(CMD_CTX_CREATE, 0, 0);
+        req.extend_from_slice(&u32::MAX.to_le_bytes());
+        req.extend_from_slice(&4u32.to_le_bytes());
+        req.extend_from_slice(&[b'x'; 64]);
+        match GpuCommand::decode(&req).unwrap().1 {
+            GpuCommand::CtxCreate { context_init, name } => {
+                assert_eq!(context_init, 4);
+                assert_eq!(name.len(), 64);
+            }
+            other => panic!("{other:?}"),
         }
         let mut too_many = encode::resource_attach_backing(1, &[]);
         too_many[28..32].copy_from_slice(&(MAX_BACKING_ENTRIES + 1).to_le_bytes());

@@ -171,6 +171,11 @@ impl Backend2d {
         }
     }
 
+    /// The cap on host memory.
+    pub fn max_hostmem(&self) -> u64 {
+        self.max_hostmem
+    }
+
     fn get(&self, id: u32) -> Result<&Resource, BackendError> {
         self.resources
             .get(&id)

@@ -267,6 +267,7 @@ fn two_displays() -> GpuParams {
         height: 768,
         displays: 2,
         max_hostmem: 64 << 20,
+        ..GpuParams::default()
     }
 }
 
@@ -1050,6 +1051,7 @@ fn activate_serves_kicks_resizes_and_reset_clears_the_screens() {
         queues,
         interrupt: interrupt.clone(),
         acked_features: VIRTIO_F_VERSION_1 | (1 << VIRTIO_GPU_F_EDID),
+        shm: None,
         notifications: Default::default(),
     };
     let err = gpu.activate(ctx(vec![])).unwrap_err();
