@@ -11,85 +11,18 @@
 //! machine's carried runtime).
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pv_gpu::virgl::ffi::{VirglBox, BLOB_FD_TYPE_SHM, BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_HOST3D};
-use pv_gpu::virgl::runtime::{RuntimeLayout, ACTIVE_ENV};
+use pv_gpu::virgl::runtime::RuntimeLayout;
 use pv_gpu::virgl::{
     Blob, ContextTypes, FenceEvent, HostRange, Renderer, RendererError, RendererOptions,
     Resource3d, Timeline, Transfer, VirglLibrary, CAPSET_VENUS, CAPSET_VIRGL, CAPSET_VIRGL2,
 };
 
-const CHILD_ENV: &str = "PV_VIRGL_TEST_CHILD";
-
-/// The runtime to run under: `PEARVISOR_GPU_RUNTIME`, else the cached one.
-fn runtime_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PEARVISOR_GPU_RUNTIME") {
-        return PathBuf::from(dir);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .expect("HOME or XDG_CACHE_HOME must be set");
-    let current = cache.join("pearvisor/gpu-runtime/current");
-    assert!(
-        current.exists(),
-        "no GPU runtime at {}: run `pearvisor gpu-runtime build` (scripts/test.sh does)",
-        current.display()
-    );
-    current
-}
-
-/// Runs `test` in a child under the runtime (or returns true in the child:
-/// the caller then runs the body).
 fn in_child(test: &str) -> bool {
-    if std::env::var_os(CHILD_ENV).is_some() || std::env::var_os("PV_VIRGL_DIRECT").is_some() {
-        return true;
-    }
-    let rt = RuntimeLayout::new(runtime_root());
-    let exe = std::env::current_exe().expect("test binary path");
-    let mut cmd = Command::new(rt.loader());
-    cmd.args(rt.loader_args(&exe))
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .env(ACTIVE_ENV, &rt.root);
-    let share = rt.root.join("usr/share");
-    for (key, value) in [
-        (
-            "VK_DRIVER_FILES",
-            share.join("vulkan/icd.d/lvp_icd.json").into_os_string(),
-        ),
-        (
-            "__EGL_VENDOR_LIBRARY_FILENAMES",
-            share
-                .join("glvnd/egl_vendor.d/50_mesa.json")
-                .into_os_string(),
-        ),
-        (
-            "LIBGL_DRIVERS_PATH",
-            rt.lib_dir().join("dri").into_os_string(),
-        ),
-        (
-            "GBM_BACKENDS_PATH",
-            rt.lib_dir().join("gbm").into_os_string(),
-        ),
-    ] {
-        if std::env::var_os(key).is_none() {
-            cmd.env(key, value);
-        }
-    }
-    let out = cmd.output().expect("run the test under the GPU runtime");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{test} under the GPU runtime failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    false
+    pv_gpu::virgl::testing::in_gpu_runtime(test)
 }
 
 fn renderer(types: ContextTypes) -> Renderer {

@@ -68,7 +68,9 @@ pub struct RunArgs {
     pub gpu: Option<String>,
     /// Where the GPU's screens are shown: headless (screenshots through the API; the
     /// default), web[=ADDR:PORT] (a viewer in the browser with keyboard and mouse,
-    /// default 127.0.0.1:8080), or window.
+    /// default 127.0.0.1:8080), or window (a native window per display with keyboard
+    /// and mouse; needs DISPLAY or WAYLAND_DISPLAY; closing the last window powers the
+    /// guest off).
     #[arg(long, value_name = "MODE")]
     pub display: Option<String>,
     /// Serial console (ttyS0): tty (this terminal), file=PATH, or none.

@@ -159,17 +159,20 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
 }
 
 /// The host side of a GPU's screens: the store every scanout goes to, the
-/// web viewer when asked for, and the input path back to the guest (kept
-/// across reboots; each new machine's input devices are connected in).
+/// web viewer or the windows when asked for, and the input path back to the
+/// guest (kept across reboots; each new machine's input devices are
+/// connected in).
 struct Screens {
     display: Arc<Display>,
     input: Arc<InputSwitch>,
     takes_input: bool,
     web: Option<WebViewer>,
+    #[cfg(feature = "window")]
+    window: Option<pv_display::WindowViewer>,
 }
 
 impl Screens {
-    fn start(config: &VmConfig) -> Result<Option<Self>> {
+    fn start(config: &VmConfig, controller: &Arc<VmController>) -> Result<Option<Self>> {
         let Some(gpu) = &config.gpu else {
             return Ok(None);
         };
@@ -179,6 +182,8 @@ impl Screens {
             gpu.max_hostmem / 4,
         ));
         let input = Arc::new(InputSwitch::default());
+        #[cfg(feature = "window")]
+        let mut window = None;
         let web = match &config.display {
             DisplayMode::Headless => None,
             DisplayMode::Web(addr) => {
@@ -194,8 +199,25 @@ impl Screens {
                 );
                 Some(viewer)
             }
+            #[cfg(feature = "window")]
             DisplayMode::Window => {
-                bail!("--display window is not available yet: use --display web or headless")
+                window = Some(
+                    pv_display::WindowViewer::start(
+                        display.clone(),
+                        Some(input.clone() as Arc<dyn InputSink>),
+                        Some(power_off_on_last_close(controller.clone())),
+                    )
+                    .context("cannot open the guest's windows")?,
+                );
+                eprintln!(
+                    "pearvisor: the guest's screens are shown in windows; closing the last one powers the guest off"
+                );
+                None
+            }
+            #[cfg(not(feature = "window"))]
+            DisplayMode::Window => {
+                let _ = controller;
+                bail!("{NO_WINDOW_FEATURE}")
             }
         };
         Ok(Some(Self {
@@ -203,6 +225,8 @@ impl Screens {
             input,
             takes_input: config.display.takes_input(),
             web,
+            #[cfg(feature = "window")]
+            window,
         }))
     }
 
@@ -228,7 +252,55 @@ impl Screens {
         if let Some(web) = self.web {
             web.stop();
         }
+        #[cfg(feature = "window")]
+        if let Some(window) = self.window {
+            window.stop();
+        }
     }
+}
+
+#[cfg(not(feature = "window"))]
+const NO_WINDOW_FEATURE: &str =
+    "--display window is not built into this pearvisor (the `window` feature is off): use --display web or headless";
+
+/// Closing the last window does what closing QEMU's window does: the guest
+/// is asked to power off (the ACPI power button) and, if it has not after
+/// the shutdown grace period, the VM is stopped (`VmController::shutdown`,
+/// on its own thread: it waits for the guest).
+#[cfg(feature = "window")]
+fn power_off_on_last_close(controller: Arc<VmController>) -> pv_display::window::OnLastClosed {
+    Box::new(move || {
+        log::info!("the last window was closed: asking the guest to power off");
+        let spawned = std::thread::Builder::new()
+            .name("window-shutdown".into())
+            .spawn(move || {
+                if let Err(e) = controller.shutdown() {
+                    log::warn!("closing the last window: cannot shut the VM down: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            log::error!("closing the last window: cannot start the shutdown: {e}");
+        }
+    })
+}
+
+/// `--display window` needs a display server and the `window` feature:
+/// checked before anything boots.
+fn check_window_display(config: &VmConfig) -> Result<()> {
+    if config.gpu.is_none() || config.display != DisplayMode::Window {
+        return Ok(());
+    }
+    window_possible()
+}
+
+#[cfg(feature = "window")]
+fn window_possible() -> Result<()> {
+    Ok(pv_display::window::check_display_server()?)
+}
+
+#[cfg(not(feature = "window"))]
+fn window_possible() -> Result<()> {
+    bail!("{NO_WINDOW_FEATURE}")
 }
 
 /// Viewer input goes to whichever machine is running now.
@@ -259,6 +331,7 @@ fn gpu_inventory() -> GpuInventory {
 
 fn run(args: RunArgs) -> Result<ExitCode> {
     let config = build_config(&args)?;
+    check_window_display(&config)?;
     let host = HostKvm::detect();
     if host != HostKvm::Hardware && !args.skip_host_check {
         bail!(
@@ -267,7 +340,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         );
     }
     let controller = VmController::new(config.clone(), args.shutdown_grace);
-    let screens = Screens::start(&config)?;
+    let screens = Screens::start(&config, &controller)?;
     let api = match &args.api_socket {
         Some(path) => Some(
             ApiServer::start(
@@ -351,5 +424,80 @@ fn run_machines(
                 bail!("the guest stopped abnormally: {why}")
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "window"))]
+mod tests {
+    use super::*;
+    use pv_vmm::control::{MachineOps, VmState};
+    use pv_vmm::vm::{VcpuMetrics, VmError};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    /// A machine whose guest powers off when the power button is pressed.
+    #[derive(Default)]
+    struct Obedient {
+        pressed: AtomicBool,
+    }
+
+    impl MachineOps for Obedient {
+        fn pause(&self) -> Result<(), VmError> {
+            Ok(())
+        }
+        fn resume(&self) -> Result<(), VmError> {
+            Ok(())
+        }
+        fn press_power_button(&self) -> std::io::Result<()> {
+            self.pressed.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        fn stop(&self, _: VmExitReason) {}
+        fn stopped(&self) -> bool {
+            self.pressed.load(Ordering::SeqCst)
+        }
+        fn vcpu_metrics(&self) -> Vec<Arc<VcpuMetrics>> {
+            Vec::new()
+        }
+        fn device_counters(&self) -> serde_json::Map<String, serde_json::Value> {
+            serde_json::Map::new()
+        }
+    }
+
+    fn config(display: DisplayMode, gpu: bool) -> VmConfig {
+        VmConfig {
+            kernel: PathBuf::from("/nonexistent"),
+            initrd: None,
+            cmdline: String::new(),
+            cpus: 1,
+            memory: 64 << 20,
+            disks: Vec::new(),
+            serial: SerialMode::None,
+            rng: false,
+            reboot: false,
+            gpu: gpu.then(|| GpuParams::parse("").unwrap()),
+            display,
+        }
+    }
+
+    #[test]
+    fn closing_the_last_window_presses_the_power_button() {
+        let controller =
+            VmController::new(config(DisplayMode::Window, true), Duration::from_secs(5));
+        let machine = Arc::new(Obedient::default());
+        controller.attach(machine.clone());
+        power_off_on_last_close(controller.clone())();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while controller.state() != VmState::Shutdown {
+            assert!(Instant::now() < deadline, "the VM was not shut down");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(machine.pressed.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn only_window_mode_needs_a_display_server() {
+        assert!(check_window_display(&config(DisplayMode::Headless, true)).is_ok());
+        assert!(check_window_display(&config(DisplayMode::Window, false)).is_ok());
     }
 }

@@ -158,3 +158,31 @@ fn gpu_lists_the_hosts_vulkan_devices() {
         "{text}"
     );
 }
+
+#[test]
+fn a_window_without_a_display_server_is_refused_before_booting() {
+    let kernel = temp("kernel-hdr-window", &bzimage_header());
+    let out = Command::new(PEARVISOR)
+        .args([
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--gpu",
+            "--display",
+            "window",
+        ])
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("WAYLAND_SOCKET")
+        .output()
+        .expect("run pearvisor");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "--display window needs a display server (DISPLAY or WAYLAND_DISPLAY is unset); use --display web or headless"
+        ),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(kernel);
+}

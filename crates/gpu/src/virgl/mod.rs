@@ -13,6 +13,8 @@ pub mod ffi;
 pub mod library;
 pub mod renderer;
 pub mod runtime;
+#[doc(hidden)]
+pub mod testing;
 
 pub use library::{LibraryError, LibraryInfo, Release, VirglLibrary, LIBRARY_NAME};
 pub use renderer::{

@@ -71,6 +71,30 @@ impl RuntimeLayout {
         ]
     }
 
+    /// The variables that point Vulkan, EGL and GBM into the runtime
+    /// (lavapipe and llvmpipe); callers keep any the user set.
+    pub fn default_env(&self) -> Vec<(String, OsString)> {
+        let share = self.root.join("usr/share");
+        let lib = self.lib_dir();
+        vec![
+            (
+                "VK_DRIVER_FILES".into(),
+                share.join("vulkan/icd.d/lvp_icd.json").into_os_string(),
+            ),
+            (
+                "__EGL_VENDOR_LIBRARY_FILENAMES".into(),
+                share
+                    .join("glvnd/egl_vendor.d/50_mesa.json")
+                    .into_os_string(),
+            ),
+            (
+                "LIBGL_DRIVERS_PATH".into(),
+                lib.join("dri").into_os_string(),
+            ),
+            ("GBM_BACKENDS_PATH".into(), lib.join("gbm").into_os_string()),
+        ]
+    }
+
     /// How to start the render server through the loader.
     pub fn server_launcher(&self) -> ServerLauncher {
         ServerLauncher {

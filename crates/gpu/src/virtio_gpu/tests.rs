@@ -1189,3 +1189,5 @@ fn activate_serves_kicks_resizes_and_reset_clears_the_screens() {
     assert_eq!(interrupt.config.load(Ordering::SeqCst), 1);
     assert!(gpu.reset().is_none());
 }
+
+mod three_d;

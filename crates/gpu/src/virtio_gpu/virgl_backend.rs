@@ -484,7 +484,7 @@ impl Gpu3d for VirglBackend {
         }
         let name = String::from_utf8_lossy(name);
         self.renderer
-            .create_context(ctx_id, context_init & 0xff, &name)
+            .create_context(ctx_id, capset, &name)
             .map_err(BackendError::Renderer)?;
         self.contexts.insert(ctx_id, capset);
         Ok(())
@@ -704,7 +704,7 @@ impl Gpu3d for VirglBackend {
             size,
             window: window.size(),
         };
-        if offset % PAGE != 0 || offset.checked_add(len).is_none_or(|e| e > window.size()) {
+        if !offset.is_multiple_of(PAGE) || offset.checked_add(len).is_none_or(|e| e > window.size()) {
             return Err(outside);
         }
         // No overlap with the mapping before or after.

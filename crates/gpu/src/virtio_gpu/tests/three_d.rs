@@ -1,0 +1,356 @@
+//! The 3D device end to end through the driver mock, against the real
+//! virglrenderer (run under the GPU runtime): capsets, contexts of both
+//! types, a Venus blob mapped into the host-visible window, a GL texture
+//! shown on a scanout, fences held until the renderer signals them, and
+//! hostile requests answered with errors.
+
+use std::os::fd::BorrowedFd;
+use std::sync::Mutex;
+
+use super::*;
+use crate::virgl::{ContextTypes, Renderer, RendererOptions, VirglLibrary};
+
+/// A host-visible window that records mappings and reads through them.
+#[derive(Default)]
+struct FakeWindow {
+    maps: Mutex<Vec<(u64, usize, u64)>>,
+}
+
+impl HostVisibleWindow for FakeWindow {
+    fn size(&self) -> u64 {
+        1 << 20
+    }
+
+    unsafe fn map(&self, offset: u64, host_addr: *mut u8, len: u64) -> Result<(), String> {
+        self.maps
+            .lock()
+            .unwrap()
+            .push((offset, host_addr as usize, len));
+        Ok(())
+    }
+
+    fn unmap(&self, offset: u64) -> Result<(), String> {
+        let mut maps = self.maps.lock().unwrap();
+        let before = maps.len();
+        maps.retain(|m| m.0 != offset);
+        if maps.len() == before {
+            return Err(format!("nothing mapped at {offset:#x}"));
+        }
+        Ok(())
+    }
+}
+
+fn req(type_: u32, flags: u32, fence: u64, ctx: u32, ring: u8, fields: &[u32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    CtrlHdr {
+        type_,
+        flags,
+        fence_id: fence,
+        ctx_id: ctx,
+        ring_idx: ring,
+    }
+    .encode(&mut out);
+    for f in fields {
+        out.extend_from_slice(&f.to_le_bytes());
+    }
+    out
+}
+
+fn ctx_create(ctx: u32, capset: u32) -> Vec<u8> {
+    let mut r = req(CMD_CTX_CREATE, 0, 0, ctx, 0, &[4, capset]);
+    r.extend_from_slice(b"test");
+    r.resize(HDR_LEN + 8 + 64, 0);
+    r
+}
+
+fn blob_host3d(ctx: u32, id: u32, size: u64) -> Vec<u8> {
+    let mut r = req(
+        CMD_RESOURCE_CREATE_BLOB,
+        0,
+        0,
+        ctx,
+        0,
+        &[id, 2 /* HOST3D */, 1 /* MAPPABLE */, 0],
+    );
+    r.extend_from_slice(&0u64.to_le_bytes());
+    r.extend_from_slice(&size.to_le_bytes());
+    r
+}
+
+fn map_blob(id: u32, offset: u64) -> Vec<u8> {
+    let mut r = req(CMD_RESOURCE_MAP_BLOB, 0, 0, 0, 0, &[id, 0]);
+    r.extend_from_slice(&offset.to_le_bytes());
+    r
+}
+
+fn wait_fences(fe: &Frontend) {
+    let fd = fe.event_fd().expect("a 3D frontend waits on fences");
+    // SAFETY: the fd belongs to the frontend's renderer, alive here.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut pfd = [libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(pfd.as_mut_ptr(), 1, 20_000) };
+    assert_eq!(n, 1, "no fence signalled within 20 s");
+}
+
+#[test]
+fn three_d_device_against_virglrenderer() {
+    if !crate::virgl::testing::in_gpu_runtime(
+        "virtio_gpu::tests::three_d::three_d_device_against_virglrenderer",
+    ) {
+        return;
+    }
+    let lib = Arc::new(VirglLibrary::load().expect("virglrenderer"));
+    let renderer = Renderer::new(
+        lib,
+        RendererOptions {
+            context_types: ContextTypes {
+                venus: true,
+                virgl: true,
+            },
+            gles: false,
+            server: crate::virgl::runtime::RuntimeLayout::active().map(|r| r.server_launcher()),
+        },
+    )
+    .expect("renderer");
+    let mem = Arc::new(mem());
+    let window = Arc::new(FakeWindow::default());
+    let params = GpuParams {
+        width: 640,
+        height: 480,
+        ..GpuParams::default()
+    };
+    let sink = Arc::new(RecordingSink::default());
+    let metrics = Arc::new(GpuMetrics::default());
+    let mut fe = Frontend::new(
+        Box::new(VirglBackend::new(
+            renderer,
+            mem.clone(),
+            64 << 20,
+            Some(window.clone() as Arc<dyn HostVisibleWindow>),
+        )),
+        DisplayControl::new(&params),
+        sink.clone(),
+        metrics.clone(),
+        true,
+    );
+    let mut d = Driver::new(&mem);
+
+    // Capsets in index order, then an index past the end.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = d.cmd(&mut fe, &req(CMD_GET_CAPSET_INFO, 0, 0, 0, 0, &[i, 0]));
+        assert_eq!(rtype(&r), RESP_OK_CAPSET_INFO);
+        ids.push(u32_at(&r, 24));
+        assert!(u32_at(&r, 32) > 0, "capset size");
+    }
+    assert_eq!(ids, [1, 2, 4]);
+    let r = d.cmd(&mut fe, &req(CMD_GET_CAPSET_INFO, 0, 0, 0, 0, &[3, 0]));
+    assert_eq!(rtype(&r), RESP_ERR_INVALID_PARAMETER);
+    let r = d.cmd(&mut fe, &req(CMD_GET_CAPSET, 0, 0, 0, 0, &[4, 0]));
+    assert_eq!(rtype(&r), RESP_OK_CAPSET);
+    assert!(u32_at(&r, 24) >= 1, "Venus wire format");
+
+    // Contexts: Venus (1) and virgl (2); duplicates and unknown capsets fail.
+    assert_eq!(d.status(&mut fe, &ctx_create(1, 4)), RESP_OK_NODATA);
+    assert_eq!(
+        d.status(&mut fe, &ctx_create(1, 4)),
+        RESP_ERR_INVALID_CONTEXT_ID
+    );
+    assert_eq!(
+        d.status(&mut fe, &ctx_create(3, 9)),
+        RESP_ERR_INVALID_PARAMETER
+    );
+    assert_eq!(d.status(&mut fe, &ctx_create(2, 0)), RESP_OK_NODATA);
+    assert_eq!(metrics.snapshot(1).contexts_venus, 1);
+    assert_eq!(metrics.snapshot(1).contexts_virgl, 1);
+
+    // A Venus blob, mapped into the window at 64 KiB.
+    assert_eq!(d.status(&mut fe, &blob_host3d(1, 10, 8192)), RESP_OK_NODATA);
+    assert_eq!(
+        d.status(&mut fe, &blob_host3d(1, 10, 8192)),
+        RESP_ERR_INVALID_RESOURCE_ID
+    );
+    assert_eq!(
+        d.status(&mut fe, &blob_host3d(7, 11, 8192)),
+        RESP_ERR_INVALID_CONTEXT_ID
+    );
+    let r = d.cmd(&mut fe, &map_blob(10, 0x10000));
+    assert_eq!(rtype(&r), RESP_OK_MAP_INFO);
+    assert_ne!(u32_at(&r, 24) & 0xf, 0, "a cache type is reported");
+    let maps = window.maps.lock().unwrap().clone();
+    assert_eq!(maps.len(), 1);
+    assert_eq!((maps[0].0, maps[0].2), (0x10000, 8192));
+    // The mapping is real memory, writable from the host side.
+    // SAFETY: the window mapping covers 8192 bytes until unmap.
+    unsafe { std::ptr::write_volatile(maps[0].1 as *mut u8, 0x5a) };
+    assert_eq!(metrics.snapshot(1).blob_bytes_mapped, 8192);
+    // Hostile map requests: mapped twice, overlapping, outside, unaligned.
+    assert_eq!(
+        d.status(&mut fe, &map_blob(10, 0x20000)),
+        RESP_ERR_INVALID_PARAMETER
+    );
+    assert_eq!(d.status(&mut fe, &blob_host3d(1, 12, 8192)), RESP_OK_NODATA);
+    for offset in [0x11000, 0xf000 + 0x100, 1 << 20, u64::MAX - 4095] {
+        assert_eq!(
+            d.status(&mut fe, &map_blob(12, offset)),
+            RESP_ERR_INVALID_PARAMETER,
+            "offset {offset:#x}"
+        );
+    }
+    // Beyond the 3D budget: out of memory.
+    assert_eq!(
+        d.status(&mut fe, &blob_host3d(1, 13, 1 << 40)),
+        RESP_ERR_OUT_OF_MEMORY
+    );
+
+    // A fenced empty submit on context 1, ring 0: the chain waits for the
+    // renderer's fence, then carries FENCE | INFO_RING_IDX with its id.
+    let submit = req(
+        CMD_SUBMIT_3D,
+        FLAG_FENCE | FLAG_INFO_RING_IDX,
+        5,
+        1,
+        0,
+        &[0, 0],
+    );
+    mem.write_slice(&submit, GuestAddress(REQ)).unwrap();
+    d.add_chain(&[(REQ, submit.len() as u32, false), (RESP, 64, true)]);
+    let mut used = d.run(&mut fe);
+    if used.is_empty() {
+        wait_fences(&fe);
+        let before = d.used_idx();
+        fe.process_event(std::slice::from_mut(&mut d.queue), &mem);
+        assert_eq!(d.used_idx(), before.wrapping_add(1));
+        used = vec![HDR_LEN as u32];
+    }
+    assert_eq!(used, vec![HDR_LEN as u32]);
+    let mut resp = [0u8; HDR_LEN];
+    mem.read_slice(&mut resp, GuestAddress(RESP)).unwrap();
+    let hdr = CtrlHdr::decode(&resp).unwrap();
+    assert_eq!(hdr.type_, RESP_OK_NODATA);
+    assert_eq!(hdr.flags, FLAG_FENCE | FLAG_INFO_RING_IDX);
+    assert_eq!((hdr.fence_id, hdr.ctx_id), (5, 1));
+    assert_eq!(metrics.snapshot(1).fences_context, 1);
+
+    // A GL texture with guest backing shown on scanout 0.
+    let (w, h) = (64u32, 32u32);
+    let r3d = req(
+        CMD_RESOURCE_CREATE_3D,
+        0,
+        0,
+        2,
+        0,
+        &[
+            20,
+            2,
+            FORMAT_B8G8R8X8_UNORM,
+            (1 << 1) | (1 << 3),
+            w,
+            h,
+            1,
+            1,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    assert_eq!(d.status(&mut fe, &r3d), RESP_OK_NODATA);
+    assert_eq!(
+        d.status(&mut fe, &req(CMD_CTX_ATTACH_RESOURCE, 0, 0, 2, 0, &[20, 0])),
+        RESP_OK_NODATA
+    );
+    let image = pattern((w * h * 4) as usize, 9);
+    let backing = scattered_backing(&mem, &image);
+    assert_eq!(
+        d.status(&mut fe, &encode::resource_attach_backing(20, &backing)),
+        RESP_OK_NODATA
+    );
+    let mut t = req(CMD_TRANSFER_TO_HOST_3D, 0, 0, 2, 0, &[0, 0, 0, w, h, 1]);
+    t.extend_from_slice(&0u64.to_le_bytes());
+    for f in [20u32, 0, w * 4, 0] {
+        t.extend_from_slice(&f.to_le_bytes());
+    }
+    assert_eq!(d.status(&mut fe, &t), RESP_OK_NODATA);
+    let full = Rect::new(0, 0, w, h);
+    assert_eq!(
+        d.status(&mut fe, &encode::set_scanout(0, 20, full)),
+        RESP_OK_NODATA
+    );
+    sink.take();
+    assert_eq!(
+        d.status(&mut fe, &encode::resource_flush(20, full)),
+        RESP_OK_NODATA
+    );
+    let shown = sink.take().into_iter().find_map(|e| match e {
+        Event::Update { pixels, .. } => Some(pixels),
+        _ => None,
+    });
+    let shown = shown.expect("the 3D scanout reached the sink");
+    // X8 formats: compare the colour bytes.
+    let rgb = |v: &[u8]| -> Vec<u8> { v.chunks(4).flat_map(|p| p[..3].to_vec()).collect() };
+    assert_eq!(rgb(&shown), rgb(&image), "the texture's pixels are shown");
+
+    // A fenced command on the device timeline is held until virgl signals.
+    let fenced_flush = {
+        let mut r = encode::resource_flush(20, full);
+        r[4..8].copy_from_slice(&FLAG_FENCE.to_le_bytes());
+        r[8..16].copy_from_slice(&77u64.to_le_bytes());
+        r
+    };
+    mem.write_slice(&fenced_flush, GuestAddress(REQ)).unwrap();
+    d.add_chain(&[(REQ, fenced_flush.len() as u32, false), (RESP, 64, true)]);
+    if d.run(&mut fe).is_empty() {
+        wait_fences(&fe);
+        fe.process_event(std::slice::from_mut(&mut d.queue), &mem);
+    }
+    mem.read_slice(&mut resp, GuestAddress(RESP)).unwrap();
+    let hdr = CtrlHdr::decode(&resp).unwrap();
+    assert_eq!((hdr.flags, hdr.fence_id), (FLAG_FENCE, 77));
+
+    // Hostile: unknown contexts, garbage command streams; the device lives.
+    let mut garbage = req(CMD_SUBMIT_3D, 0, 0, 2, 0, &[64, 0]);
+    garbage.extend((0..16u32).flat_map(|i| i.wrapping_mul(0x9e37_79b9).to_le_bytes()));
+    let _ = d.status(&mut fe, &garbage);
+    assert_eq!(
+        d.status(&mut fe, &req(CMD_SUBMIT_3D, 0, 0, 99, 0, &[0, 0])),
+        RESP_ERR_INVALID_CONTEXT_ID
+    );
+    let mut short = req(CMD_SUBMIT_3D, 0, 0, 2, 0, &[4096, 0]);
+    short.extend_from_slice(&[0u8; 16]);
+    assert_eq!(d.status(&mut fe, &short), RESP_ERR_UNSPEC);
+    assert!(metrics.snapshot(1).submit_bytes >= 64);
+
+    // Teardown: unmap, unref, destroy; the window is empty again.
+    assert_eq!(
+        d.status(&mut fe, &req(CMD_RESOURCE_UNMAP_BLOB, 0, 0, 0, 0, &[10, 0])),
+        RESP_OK_NODATA
+    );
+    assert!(window.maps.lock().unwrap().is_empty());
+    assert_eq!(
+        d.status(&mut fe, &req(CMD_RESOURCE_UNMAP_BLOB, 0, 0, 0, 0, &[10, 0])),
+        RESP_ERR_INVALID_PARAMETER
+    );
+    assert_eq!(
+        d.status(&mut fe, &encode::resource_unref(10)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        d.status(&mut fe, &req(CMD_CTX_DESTROY, 0, 0, 1, 0, &[])),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        d.status(&mut fe, &req(CMD_CTX_DESTROY, 0, 0, 1, 0, &[])),
+        RESP_ERR_INVALID_CONTEXT_ID
+    );
+    assert_eq!(metrics.snapshot(1).contexts_venus, 0);
+    // Mapping a blob and resetting the device removes the window mapping.
+    assert_eq!(rtype(&d.cmd(&mut fe, &map_blob(12, 0))), RESP_OK_MAP_INFO);
+    fe.shutdown();
+    assert!(window.maps.lock().unwrap().is_empty());
+}
