@@ -7,6 +7,10 @@
 //! worker thread (see [`worker`]) which gives it back at [`VirtioDevice::reset`].
 //! Queue processing in each device is a plain function over a `Queue` and
 //! guest memory, so it is unit-tested with virtio-queue's driver mock.
+//!
+//! A device that shows host memory to the guest declares shared memory
+//! regions ([`VirtioDevice::shared_memory_regions`]) and, while active, maps
+//! into them through [`ActivateContext::shm`] (see [`shm`]).
 
 pub mod block;
 pub mod input;
@@ -14,6 +18,7 @@ pub mod pci;
 #[cfg(test)]
 mod pci_adversarial;
 pub mod rng;
+pub mod shm;
 pub mod worker;
 
 use std::sync::Arc;
@@ -22,6 +27,8 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::GuestMemory;
+
+pub use shm::{SharedMemoryRegion, ShmError, ShmMapper};
 
 /// Feature bit: the device complies with virtio 1.0+ (mandatory for modern PCI).
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -71,6 +78,12 @@ pub struct ActivateContext {
     pub acked_features: u64,
     /// Counts driver notifications (kicks) as the worker consumes them.
     pub notifications: Arc<std::sync::atomic::AtomicU64>,
+    /// Maps host memory into the device's shared memory regions: `Some`
+    /// when the device declared regions
+    /// ([`VirtioDevice::shared_memory_regions`]). Valid until the device is
+    /// reset; every mapping is removed before [`VirtioDevice::reset`] is
+    /// called.
+    pub shm: Option<Arc<dyn ShmMapper>>,
 }
 
 impl ActivateContext {
@@ -117,6 +130,13 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Starts the device with the driver's queues.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// The shared memory regions the device exposes (virtio 1.3 §2.10), asked
+    /// once when the transport is created. Each length must be a power of two
+    /// of at least 4 KiB and each id unique, or the transport refuses the
+    /// device. None by default.
+    fn shared_memory_regions(&self) -> Vec<SharedMemoryRegion> {
+        Vec::new()
+    }
     /// The device's own counters, as JSON (None: it keeps none).
     fn metrics(&self) -> Option<serde_json::Value> {
         None

@@ -11,6 +11,13 @@
 //! | 0x4000   | MSI-X table                                |
 //! | 0x6000   | MSI-X pending bits                         |
 //!
+//! A device with shared memory regions gets a second BAR: BAR 2, 64-bit and
+//! prefetchable, placed by the VMM, holding every region (see
+//! [`super::shm::ShmLayout`]) with one `virtio_pci_cap64` of type
+//! `VIRTIO_PCI_CAP_SHARED_MEMORY_CFG` per region. The VMM maps host memory
+//! into it while the device runs; what is not mapped reads as zeros and
+//! ignores writes ([`SharedMemoryBar`]).
+//!
 //! Writing DRIVER_OK activates the device with the queues the driver
 //! enabled; writing 0 to the status resets it and takes the queues back.
 
@@ -20,6 +27,7 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::shm::{DeviceShm, ShmLayout, ShmLayoutError, ShmMapper};
 use super::{
     ActivateContext, ActiveQueue, Interrupt, InterruptKind, VirtioDevice, VIRTIO_F_VERSION_1,
 };
@@ -46,6 +54,9 @@ const VIRTIO_PCI_CAP_COMMON_CFG: u8 = 1;
 const VIRTIO_PCI_CAP_NOTIFY_CFG: u8 = 2;
 const VIRTIO_PCI_CAP_ISR_CFG: u8 = 3;
 const VIRTIO_PCI_CAP_DEVICE_CFG: u8 = 4;
+const VIRTIO_PCI_CAP_SHARED_MEMORY_CFG: u8 = 8;
+/// The BAR (registers 6 and 7) holding the shared memory regions.
+pub const SHM_BAR_INDEX: usize = 2;
 const PCI_CAP_ID_VNDR: u8 = 0x09;
 const NO_VECTOR: u16 = 0xffff;
 
@@ -63,6 +74,8 @@ pub struct TransportMetrics {
     pub interrupts: AtomicU64,
     /// Queue notifications (kicks) from the driver.
     pub notifications: Arc<AtomicU64>,
+    /// Guest accesses to parts of the shared-memory BAR nothing is mapped at.
+    pub shm_unmapped_accesses: AtomicU64,
 }
 
 /// Maps virtio interrupt kinds to MSI-X vectors.
@@ -115,7 +128,30 @@ pub struct VirtioPciDevice {
     config_generation: u8,
     queue_select: u16,
     active: bool,
+    shm: Option<ShmState>,
 }
+
+/// The shared-memory BAR of a device that declared regions.
+struct ShmState {
+    addr: u64,
+    layout: ShmLayout,
+    backend: Arc<dyn ShmMapper>,
+    /// The mapper handed to the device at its last activation.
+    active: Option<Arc<DeviceShm>>,
+}
+
+/// Where the VMM put a device's shared-memory BAR, and how it maps host
+/// memory there (guest address = `addr` + region offset in the BAR + offset).
+pub struct ShmBar {
+    /// Guest physical address of BAR 2, aligned to its size.
+    pub addr: u64,
+    /// The VMM's mapper for this device; it sees only requests the transport
+    /// checked against the layout.
+    pub mapper: Arc<dyn ShmMapper>,
+}
+
+/// What the VMM answers when asked to place a shared-memory BAR.
+pub type ShmPlacement = Result<ShmBar, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Errors creating the transport.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +162,14 @@ pub enum VirtioPciError {
     Io(#[from] std::io::Error),
     #[error("invalid queue size {0} (must be a power of two, 1..=32768)")]
     QueueSize(u16),
+    #[error("invalid shared memory regions")]
+    SharedMemory(#[from] ShmLayoutError),
+    #[error("the device has shared memory regions but no BAR was placed for them")]
+    SharedMemoryNotPlaced,
+    #[error("cannot place the shared memory BAR")]
+    SharedMemoryPlacement(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("shared memory BAR at {addr:#x} is not aligned to its size {size:#x}")]
+    SharedMemoryMisaligned { addr: u64, size: u64 },
 }
 
 fn vendor_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
@@ -137,8 +181,27 @@ fn vendor_cap(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
     body
 }
 
+/// A `virtio_pci_cap64` (cap_len 24) for shared memory region `id`.
+fn shm_cap(id: u8, offset: u64, length: u64) -> Vec<u8> {
+    let mut body = vendor_cap(
+        VIRTIO_PCI_CAP_SHARED_MEMORY_CFG,
+        offset,
+        length,
+        &[
+            ((offset >> 32) as u32).to_le_bytes(),
+            ((length >> 32) as u32).to_le_bytes(),
+        ]
+        .concat(),
+    );
+    body[2] = SHM_BAR_INDEX as u8;
+    body[3] = id;
+    body
+}
+
 impl VirtioPciDevice {
-    /// Wraps `device` with its BAR at `bar` (BAR_SIZE bytes, aligned).
+    /// Wraps `device` with its BAR at `bar` (BAR_SIZE bytes, aligned). A
+    /// device with shared memory regions needs
+    /// [`VirtioPciDevice::with_shared_memory`].
     pub fn new(
         name: &str,
         device: Box<dyn VirtioDevice>,
@@ -146,6 +209,24 @@ impl VirtioPciDevice {
         router: Arc<dyn MsiRouter>,
         bar: u64,
     ) -> Result<Self, VirtioPciError> {
+        Self::with_shared_memory(name, device, mem, router, bar, |_| {
+            Err(VirtioPciError::SharedMemoryNotPlaced.into())
+        })
+    }
+
+    /// Like [`VirtioPciDevice::new`]; when the device declares shared memory
+    /// regions, `place` gets their layout and returns where the VMM put the
+    /// BAR (aligned to [`ShmLayout::bar_size`]) and the mapper behind it.
+    /// `place` is not called for a device without regions.
+    pub fn with_shared_memory(
+        name: &str,
+        device: Box<dyn VirtioDevice>,
+        mem: Arc<GuestMemory>,
+        router: Arc<dyn MsiRouter>,
+        bar: u64,
+        place: impl FnOnce(&ShmLayout) -> ShmPlacement,
+    ) -> Result<Self, VirtioPciError> {
+        let layout = ShmLayout::new(&device.shared_memory_regions())?;
         let sizes = device.queue_max_sizes().to_vec();
         if sizes.len() > MAX_QUEUES {
             return Err(VirtioPciError::TooManyQueues(sizes.len()));
@@ -204,6 +285,32 @@ impl VirtioPciDevice {
             ),
             &[],
         );
+        let shm = match layout {
+            None => None,
+            Some(layout) => {
+                let placed = place(&layout).map_err(|e| match e.downcast::<VirtioPciError>() {
+                    Ok(e) => *e,
+                    Err(e) => VirtioPciError::SharedMemoryPlacement(e),
+                })?;
+                let size = layout.bar_size();
+                if !placed.addr.is_multiple_of(size) {
+                    return Err(VirtioPciError::SharedMemoryMisaligned {
+                        addr: placed.addr,
+                        size,
+                    });
+                }
+                config.add_bar(SHM_BAR_INDEX, placed.addr, size, BarKind::Mem64Prefetch);
+                for r in layout.regions() {
+                    config.add_capability(PCI_CAP_ID_VNDR, &shm_cap(r.id, r.offset, r.len), &[]);
+                }
+                Some(ShmState {
+                    addr: placed.addr,
+                    layout,
+                    backend: placed.mapper,
+                    active: None,
+                })
+            }
+        };
         let metrics = Arc::new(TransportMetrics::default());
         let vectors = Arc::new(VectorMap {
             metrics: metrics.clone(),
@@ -230,6 +337,7 @@ impl VirtioPciDevice {
             config_generation: 0,
             queue_select: 0,
             active: false,
+            shm,
         })
     }
 
@@ -251,6 +359,29 @@ impl VirtioPciDevice {
     /// The BAR's guest address.
     pub fn bar_address(&self) -> u64 {
         self.bar
+    }
+
+    /// The shared-memory BAR, when the device has one: its guest address,
+    /// its size, and the bus device that answers accesses to its unmapped
+    /// parts (register it on the MMIO bus over the whole BAR).
+    pub fn shared_memory_bar(&self) -> Option<(u64, u64, SharedMemoryBar)> {
+        self.shm.as_ref().map(|s| {
+            (
+                s.addr,
+                s.layout.bar_size(),
+                SharedMemoryBar {
+                    metrics: self.metrics.clone(),
+                },
+            )
+        })
+    }
+
+    /// Removes every shared memory mapping of the device and closes the
+    /// mapper it was given.
+    fn close_shared_memory(&mut self) {
+        if let Some(active) = self.shm.as_mut().and_then(|s| s.active.take()) {
+            active.close();
+        }
     }
 
     /// (guest address, eventfd) of each queue's notification, for ioeventfds.
@@ -279,6 +410,9 @@ impl VirtioPciDevice {
     }
 
     fn reset(&mut self) {
+        // Mappings go first: the device may free their host memory as soon
+        // as it is reset.
+        self.close_shared_memory();
         if self.active {
             if let Some(kicks) = self.device.reset() {
                 for (slot, k) in self.kicks.iter_mut().zip(kicks) {
@@ -327,17 +461,24 @@ impl VirtioPciDevice {
                 kick,
             });
         }
+        let shm = self.shm.as_mut().map(|s| {
+            let device_shm = Arc::new(DeviceShm::new(s.layout.clone(), s.backend.clone()));
+            s.active = Some(device_shm.clone());
+            device_shm as Arc<dyn ShmMapper>
+        });
         let ctx = ActivateContext {
             mem: self.mem.clone(),
             queues,
             interrupt: self.vectors.clone(),
             acked_features: self.driver_features,
             notifications: self.metrics.notifications.clone(),
+            shm,
         };
         match self.device.activate(ctx) {
             Ok(()) => self.active = true,
             Err(e) => {
                 log::error!("{}: activation failed: {e}", self.name);
+                self.close_shared_memory();
                 self.status |= STATUS_NEEDS_RESET;
                 // The kick eventfds went with the context and are gone: the
                 // device cannot be activated again (this needs a device whose
@@ -534,6 +675,9 @@ impl PciDevice for VirtioPciDevice {
             self.config.read_bytes(self.msix_cap + 2, &mut ctl);
             self.vectors.msix.set_control(u16::from_le_bytes(ctl));
         }
+        if let Some(shm) = &self.shm {
+            self.warn_if_shm_bar_moved(shm.addr, shm.layout.bar_size(), reg);
+        }
         let new_bar = self.config.bar_address(0, BarKind::Mem32);
         if reg == 4
             && new_bar != old_bar
@@ -546,6 +690,74 @@ impl PciDevice for VirtioPciDevice {
                 self.bar
             );
         }
+    }
+}
+
+impl VirtioPciDevice {
+    /// Logs a guest moving BAR 2. Sizing writes all ones to one half at a
+    /// time and restores it, so a half that reads back as either the
+    /// assigned address or the size mask is not a move.
+    fn warn_if_shm_bar_moved(&self, addr: u64, size: u64, reg: usize) {
+        let lo_reg = 4 + SHM_BAR_INDEX;
+        if reg != lo_reg && reg != lo_reg + 1 {
+            return;
+        }
+        let now = self
+            .config
+            .bar_address(SHM_BAR_INDEX, BarKind::Mem64Prefetch);
+        let mask = !(size - 1);
+        let half = |v: u64| {
+            if reg == lo_reg {
+                v & 0xffff_fff0
+            } else {
+                v >> 32
+            }
+        };
+        if half(now) != half(addr) && half(now) != half(mask) {
+            log::warn!(
+                "{}: guest moved BAR{SHM_BAR_INDEX} (shared memory) from {addr:#x} to {now:#x}; \
+                 relocation is not supported",
+                self.name
+            );
+        }
+    }
+}
+
+impl Drop for VirtioPciDevice {
+    fn drop(&mut self) {
+        // Before the device (and the host memory it mapped) goes away.
+        self.close_shared_memory();
+    }
+}
+
+/// The shared-memory BAR as the MMIO bus sees it: only accesses to parts no
+/// mapping covers exit to the VMM (mapped parts are guest memory). They read
+/// as zeros and writes are dropped, like a hole in the region.
+pub struct SharedMemoryBar {
+    metrics: Arc<TransportMetrics>,
+}
+
+impl SharedMemoryBar {
+    /// A hole counting its accesses in `metrics`.
+    pub fn new(metrics: Arc<TransportMetrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl BusDevice for SharedMemoryBar {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.metrics
+            .shm_unmapped_accesses
+            .fetch_add(1, Ordering::Relaxed);
+        log::trace!("shared memory BAR: read of unmapped offset {offset:#x}");
+        data.fill(0);
+    }
+
+    fn write(&mut self, offset: u64, _data: &[u8]) {
+        self.metrics
+            .shm_unmapped_accesses
+            .fetch_add(1, Ordering::Relaxed);
+        log::trace!("shared memory BAR: write to unmapped offset {offset:#x} dropped");
     }
 }
 
@@ -612,6 +824,8 @@ impl BusDevice for VirtioPciDevice {
 mod tests {
     use super::*;
     use crate::pci::msix::tests::TestRouter;
+    use crate::virtio::shm::ShmError;
+    use crate::virtio::SharedMemoryRegion;
     use std::sync::Mutex;
     use vm_memory::GuestAddress;
 
@@ -734,6 +948,442 @@ mod tests {
         w(&mut dev, 0x14, 1 | 2 | 8 | 4, 1);
         assert!(activated.lock().unwrap().is_none());
         assert_ne!(r(&mut dev, 0x14, 1) as u8 & STATUS_NEEDS_RESET, 0);
+    }
+
+    /// A device with shared memory regions; keeps the mapper it is given.
+    struct ShmProbe {
+        regions: Vec<SharedMemoryRegion>,
+        sizes: Vec<u16>,
+        shm: Arc<Mutex<Option<Arc<dyn ShmMapper>>>>,
+        kicks: Option<Vec<EventFd>>,
+    }
+
+    impl VirtioDevice for ShmProbe {
+        fn device_type(&self) -> u32 {
+            super::super::device_type::GPU
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &self.sizes
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0)
+        }
+        fn shared_memory_regions(&self) -> Vec<SharedMemoryRegion> {
+            self.regions.clone()
+        }
+        fn activate(&mut self, ctx: ActivateContext) -> Result<(), super::super::ActivateError> {
+            *self.shm.lock().unwrap() = ctx.shm;
+            self.kicks = Some(ctx.queues.into_iter().map(|q| q.kick).collect());
+            Ok(())
+        }
+        fn reset(&mut self) -> Option<Vec<EventFd>> {
+            self.kicks.take()
+        }
+    }
+
+    /// What the fake VMM mapper was asked: (map?, region, offset, len, writable).
+    type MapperLog = Arc<Mutex<Vec<(bool, u8, u64, u64, bool)>>>;
+
+    /// Records requests and accepts them all: it trusts the transport's
+    /// checks, which is what the tests look at.
+    #[derive(Default)]
+    struct FakeMapper(MapperLog);
+
+    impl ShmMapper for FakeMapper {
+        unsafe fn map(
+            &self,
+            region: u8,
+            offset: u64,
+            _host_addr: *mut u8,
+            len: u64,
+            writable: bool,
+        ) -> Result<(), ShmError> {
+            self.0
+                .lock()
+                .unwrap()
+                .push((true, region, offset, len, writable));
+            Ok(())
+        }
+        fn unmap(&self, region: u8, offset: u64) -> Result<(), ShmError> {
+            self.0
+                .lock()
+                .unwrap()
+                .push((false, region, offset, 0, false));
+            Ok(())
+        }
+    }
+
+    const SHM_BAR_ADDR: u64 = 0x40_0000_0000;
+
+    struct ShmFixture {
+        dev: VirtioPciDevice,
+        shm: Arc<Mutex<Option<Arc<dyn ShmMapper>>>>,
+        log: MapperLog,
+    }
+
+    fn make_shm(regions: Vec<SharedMemoryRegion>) -> Result<ShmFixture, VirtioPciError> {
+        let mem = Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let shm = Arc::new(Mutex::new(None));
+        let log = MapperLog::default();
+        let probe = ShmProbe {
+            regions,
+            sizes: vec![16],
+            shm: shm.clone(),
+            kicks: None,
+        };
+        let mapper = Arc::new(FakeMapper(log.clone()));
+        let dev = VirtioPciDevice::with_shared_memory(
+            "shm-probe",
+            Box::new(probe),
+            mem,
+            Arc::new(TestRouter::default()),
+            0xc000_0000,
+            |layout| {
+                assert!(layout.bar_size().is_power_of_two());
+                Ok(ShmBar {
+                    addr: SHM_BAR_ADDR,
+                    mapper,
+                })
+            },
+        )?;
+        Ok(ShmFixture { dev, shm, log })
+    }
+
+    fn drive_to_driver_ok(dev: &mut VirtioPciDevice) {
+        w(dev, 0x14, 1 | 2, 1);
+        w(dev, 0x08, 1, 4);
+        w(dev, 0x0c, 1, 4);
+        w(dev, 0x14, 1 | 2 | 8, 1);
+        w(dev, 0x16, 0, 2);
+        w(dev, 0x20, 0x1000, 8);
+        w(dev, 0x28, 0x2000, 8);
+        w(dev, 0x30, 0x3000, 8);
+        w(dev, 0x1c, 1, 2);
+        w(dev, 0x14, 1 | 2 | 8 | 4, 1);
+    }
+
+    fn cfg_byte(dev: &mut VirtioPciDevice, off: usize) -> u8 {
+        (dev.config_read(off / 4) >> ((off % 4) * 8)) as u8
+    }
+
+    fn cfg_u32(dev: &mut VirtioPciDevice, off: usize) -> u32 {
+        (0..4).fold(0, |v, i| v | (u32::from(cfg_byte(dev, off + i)) << (8 * i)))
+    }
+
+    /// Every vendor capability as (cfg_type, cap_len, bar, id, offset, length),
+    /// 64-bit fields read from `offset_hi`/`length_hi` where cap_len says so.
+    fn vendor_caps(dev: &mut VirtioPciDevice) -> Vec<(u8, u8, u8, u8, u64, u64)> {
+        assert_ne!(dev.config_read(1) & (1 << 20), 0, "capability list");
+        let mut out = Vec::new();
+        let mut pos = usize::from(cfg_byte(dev, 0x34));
+        let mut seen = 0;
+        while pos != 0 {
+            seen += 1;
+            assert!(seen < 48 && (0x40..0x100).contains(&pos), "sane list");
+            if cfg_byte(dev, pos) == PCI_CAP_ID_VNDR {
+                let cap_len = cfg_byte(dev, pos + 2);
+                let mut offset = u64::from(cfg_u32(dev, pos + 8));
+                let mut length = u64::from(cfg_u32(dev, pos + 12));
+                if cap_len == 24 {
+                    offset |= u64::from(cfg_u32(dev, pos + 16)) << 32;
+                    length |= u64::from(cfg_u32(dev, pos + 20)) << 32;
+                }
+                out.push((
+                    cfg_byte(dev, pos + 3),
+                    cap_len,
+                    cfg_byte(dev, pos + 4),
+                    cfg_byte(dev, pos + 5),
+                    offset,
+                    length,
+                ));
+            }
+            pos = usize::from(cfg_byte(dev, pos + 1));
+        }
+        out
+    }
+
+    fn region(id: u8, len: u64) -> SharedMemoryRegion {
+        SharedMemoryRegion { id, len }
+    }
+
+    #[test]
+    fn shared_memory_capabilities_parse_back_from_config_space() {
+        // 8 GiB + 4 KiB: the small region sits at 8 GiB, the BAR is 16 GiB.
+        let mut f = make_shm(vec![region(1, 4096), region(0, 8 << 30)]).unwrap();
+        let caps = vendor_caps(&mut f.dev);
+        let shm: Vec<_> = caps.iter().filter(|c| c.0 == 8).copied().collect();
+        assert_eq!(
+            shm,
+            vec![(8, 24, 2, 0, 0, 8 << 30), (8, 24, 2, 1, 8 << 30, 4096)],
+            "cfg_type 8, cap_len 24, BAR 2, id, 64-bit offset and length"
+        );
+        // The transport's own structures stay in BAR 0.
+        assert!(caps
+            .iter()
+            .filter(|c| c.0 != 8)
+            .all(|c| c.2 == 0 && c.1 >= 16));
+        assert_eq!(caps.len(), 4 + 2);
+        let (addr, size, _) = f.dev.shared_memory_bar().unwrap();
+        assert_eq!((addr, size), (SHM_BAR_ADDR, 16 << 30));
+        // BAR 2 is a 64-bit prefetchable memory BAR at the assigned address.
+        assert_eq!(f.dev.config_read(6) & 0xf, 0b1100);
+        assert_eq!(
+            u64::from(f.dev.config_read(6) & !0xf) | (u64::from(f.dev.config_read(7)) << 32),
+            SHM_BAR_ADDR
+        );
+        // A device without regions has neither the BAR nor the capabilities.
+        let (mut plain, _) = make();
+        assert!(plain.shared_memory_bar().is_none());
+        assert!(vendor_caps(&mut plain).iter().all(|c| c.0 != 8));
+        assert_eq!(plain.config_read(6), 0);
+    }
+
+    #[test]
+    fn the_most_regions_fit_the_configuration_space() {
+        let regions: Vec<_> = (0..crate::virtio::shm::MAX_SHM_REGIONS as u8)
+            .map(|i| region(10 + i, 4096 << i))
+            .collect();
+        let mut f = make_shm(regions).unwrap();
+        let ids: Vec<_> = vendor_caps(&mut f.dev)
+            .iter()
+            .filter(|c| c.0 == 8)
+            .map(|c| c.3)
+            .collect();
+        assert_eq!(ids, vec![13, 12, 11, 10]);
+    }
+
+    #[test]
+    fn shared_memory_bar_sizing_probe() {
+        let mut f = make_shm(vec![region(1, 1 << 30)]).unwrap();
+        let dev = &mut f.dev;
+        // Linux: all ones into the low half, read, restore; then the high half.
+        let lo = dev.config_read(6);
+        dev.config_write(6, 0, &[0xff; 4]);
+        assert_eq!(
+            dev.config_read(6),
+            0xc000_0000 | 0b1100,
+            "1 GiB, 64-bit, prefetchable"
+        );
+        dev.config_write(6, 0, &lo.to_le_bytes());
+        let hi = dev.config_read(7);
+        dev.config_write(7, 0, &[0xff; 4]);
+        assert_eq!(dev.config_read(7), 0xffff_ffff);
+        dev.config_write(7, 0, &hi.to_le_bytes());
+        assert_eq!(
+            u64::from(dev.config_read(6) & !0xf) | (u64::from(dev.config_read(7)) << 32),
+            SHM_BAR_ADDR
+        );
+        // Above 4 GiB the size shows in the high half.
+        let mut big = make_shm(vec![region(1, 16 << 30)]).unwrap();
+        big.dev.config_write(6, 0, &[0xff; 4]);
+        big.dev.config_write(7, 0, &[0xff; 4]);
+        assert_eq!(big.dev.config_read(6), 0b1100);
+        assert_eq!(big.dev.config_read(7), 0xffff_fffc);
+        // A real move is logged, not followed, and does not panic.
+        big.dev.config_write(7, 0, &0x80u32.to_le_bytes());
+        big.dev.config_write(6, 0, &0u32.to_le_bytes());
+        assert_eq!(big.dev.shared_memory_bar().unwrap().0, SHM_BAR_ADDR);
+    }
+
+    #[test]
+    fn unmapped_shared_memory_reads_zero_and_ignores_writes() {
+        let f = make_shm(vec![region(1, 1 << 20)]).unwrap();
+        let (addr, size, hole) = f.dev.shared_memory_bar().unwrap();
+        let bus = crate::bus::Bus::new();
+        bus.insert(Arc::new(Mutex::new(hole)), addr, size).unwrap();
+        for (off, len) in [
+            (0u64, 1usize),
+            (0x1000, 4),
+            (0x7_fff8, 8),
+            (size - 1, 1),
+            (size - 8, 8),
+        ] {
+            let mut buf = vec![0xaa; len];
+            assert!(bus.read(addr + off, &mut buf), "{off:#x} routed");
+            assert!(buf.iter().all(|&b| b == 0), "{off:#x} reads zero");
+            assert!(bus.write(addr + off, &buf), "{off:#x} routed");
+        }
+        let mut past = [0u8; 2];
+        assert!(!bus.read(addr + size - 1, &mut past), "not past the BAR");
+        assert_eq!(
+            f.dev
+                .transport_metrics()
+                .shm_unmapped_accesses
+                .load(Ordering::Relaxed),
+            10
+        );
+    }
+
+    #[test]
+    fn shared_memory_mapper_checks_requests_and_reset_removes_every_mapping() {
+        let mut f = make_shm(vec![region(1, 1 << 20), region(2, 0x4000)]).unwrap();
+        assert!(f.shm.lock().unwrap().is_none());
+        drive_to_driver_ok(&mut f.dev);
+        let shm = f
+            .shm
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("a mapper at activation");
+        let mut page = vec![0u8; 0x10000];
+        let host = page.as_mut_ptr();
+        // SAFETY: the fake mapper never touches the host memory.
+        let map = |r: u8, off: u64, len: u64| unsafe { shm.map(r, off, host, len, true) };
+        assert!(matches!(map(3, 0, 0x1000), Err(ShmError::UnknownRegion(3))));
+        assert!(matches!(
+            map(1, 0x800, 0x1000),
+            Err(ShmError::Unaligned { .. })
+        ));
+        assert!(matches!(map(1, 0, 0x1800), Err(ShmError::Unaligned { .. })));
+        assert!(matches!(map(1, 0, 0), Err(ShmError::Empty { .. })));
+        assert!(matches!(
+            map(1, 0xff000, 0x2000),
+            Err(ShmError::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            map(2, 0, 0x5000),
+            Err(ShmError::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            map(1, u64::MAX - 0xfff, 0x2000),
+            Err(ShmError::OutOfBounds { .. })
+        ));
+        assert!(f.log.lock().unwrap().is_empty(), "nothing reached the VMM");
+        map(1, 0x2000, 0x2000).unwrap();
+        map(2, 0x2000, 0x1000).unwrap();
+        assert!(matches!(
+            map(1, 0x3000, 0x1000),
+            Err(ShmError::Overlap { .. })
+        ));
+        assert!(matches!(
+            map(1, 0x1000, 0x2000),
+            Err(ShmError::Overlap { .. })
+        ));
+        // SAFETY: as above.
+        unsafe { shm.map(1, 0x4000, host, 0x1000, false) }.unwrap();
+        assert!(matches!(
+            shm.unmap(1, 0x3000),
+            Err(ShmError::NotMapped { .. })
+        ));
+        shm.unmap(1, 0x4000).unwrap();
+        assert_eq!(
+            *f.log.lock().unwrap(),
+            vec![
+                (true, 1, 0x2000, 0x2000, true),
+                (true, 2, 0x2000, 0x1000, true),
+                (true, 1, 0x4000, 0x1000, false),
+                (false, 1, 0x4000, 0, false),
+            ]
+        );
+        f.log.lock().unwrap().clear();
+        // The driver resets the device: everything still mapped goes.
+        w(&mut f.dev, 0x14, 0, 1);
+        let mut unmapped = f.log.lock().unwrap().clone();
+        unmapped.sort();
+        assert_eq!(
+            unmapped,
+            vec![(false, 1, 0x2000, 0, false), (false, 2, 0x2000, 0, false)]
+        );
+        // The old mapper is closed: maps fail, unmaps are no-ops.
+        assert!(matches!(map(1, 0x8000, 0x1000), Err(ShmError::Closed)));
+        shm.unmap(1, 0x2000).unwrap();
+        assert_eq!(f.log.lock().unwrap().len(), 2);
+        // A new activation brings a new, open mapper.
+        drive_to_driver_ok(&mut f.dev);
+        let again = f.shm.lock().unwrap().clone().unwrap();
+        // SAFETY: as above.
+        unsafe { again.map(1, 0x2000, host, 0x1000, true) }.unwrap();
+        // Dropping the transport unmaps before the device goes.
+        f.log.lock().unwrap().clear();
+        drop(f.dev);
+        assert_eq!(*f.log.lock().unwrap(), vec![(false, 1, 0x2000, 0, false)]);
+        page[0] = 1;
+    }
+
+    #[test]
+    fn mappings_per_device_are_limited() {
+        let mut f = make_shm(vec![region(1, 8 << 20)]).unwrap();
+        drive_to_driver_ok(&mut f.dev);
+        let shm = f.shm.lock().unwrap().clone().unwrap();
+        let limit = crate::virtio::shm::MAX_SHM_MAPPINGS as u64;
+        for i in 0..limit {
+            // SAFETY: the fake mapper never touches the host memory.
+            unsafe { shm.map(1, i * 0x1000, std::ptr::null_mut(), 0x1000, true) }.unwrap();
+        }
+        // SAFETY: as above.
+        let over = unsafe { shm.map(1, limit * 0x1000, std::ptr::null_mut(), 0x1000, true) };
+        assert!(matches!(over, Err(ShmError::TooManyMappings(_))));
+        shm.unmap(1, 0).unwrap();
+        // SAFETY: as above.
+        unsafe { shm.map(1, limit * 0x1000, std::ptr::null_mut(), 0x1000, true) }.unwrap();
+    }
+
+    #[test]
+    fn shared_memory_declarations_are_checked_at_creation() {
+        for bad in [0, 2048, 0x3000, (1 << 20) + 0x1000] {
+            let err = make_shm(vec![region(4, bad)]).err().expect("rejected");
+            assert!(
+                matches!(
+                    err,
+                    VirtioPciError::SharedMemory(ShmLayoutError::BadLength { id: 4, .. })
+                ),
+                "{bad:#x}: {err}"
+            );
+        }
+        assert!(matches!(
+            make_shm(vec![region(1, 4096), region(1, 8192)]).err(),
+            Some(VirtioPciError::SharedMemory(ShmLayoutError::DuplicateId(1)))
+        ));
+        // A device with regions needs a placed BAR, aligned to its size.
+        let mem = Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let probe = || {
+            Box::new(ShmProbe {
+                regions: vec![region(1, 1 << 20)],
+                sizes: vec![16],
+                shm: Arc::default(),
+                kicks: None,
+            })
+        };
+        let router = Arc::new(TestRouter::default());
+        let err = VirtioPciDevice::new("p", probe(), mem.clone(), router.clone(), 0xc000_0000)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, VirtioPciError::SharedMemoryNotPlaced),
+            "{err}"
+        );
+        let err = VirtioPciDevice::with_shared_memory(
+            "p",
+            probe(),
+            mem.clone(),
+            router.clone(),
+            0xc000_0000,
+            |_| {
+                Ok(ShmBar {
+                    addr: SHM_BAR_ADDR + 0x1000,
+                    mapper: Arc::new(FakeMapper::default()),
+                })
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(err, VirtioPciError::SharedMemoryMisaligned { .. }),
+            "{err}"
+        );
+        let err =
+            VirtioPciDevice::with_shared_memory("p", probe(), mem, router, 0xc000_0000, |_| {
+                Err("window full".into())
+            })
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, VirtioPciError::SharedMemoryPlacement(_)),
+            "{err}"
+        );
     }
 
     #[test]

@@ -325,6 +325,7 @@ mod tests {
             interrupt: interrupt.clone(),
             acked_features: rng.features(),
             notifications: Default::default(),
+            shm: None,
         })
         .unwrap();
 

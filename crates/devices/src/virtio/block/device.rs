@@ -379,6 +379,7 @@ mod tests {
                 interrupt: interrupt.clone(),
                 acked_features: blk.features(),
                 notifications: Default::default(),
+                shm: None,
             })
             .unwrap_err();
         assert!(matches!(err, ActivateError::QueueCount { .. }));
@@ -389,6 +390,7 @@ mod tests {
             interrupt: interrupt.clone(),
             acked_features: blk.features(),
             notifications: Default::default(),
+            shm: None,
         })
         .unwrap();
 
@@ -446,6 +448,7 @@ mod tests {
                 interrupt: interrupt.clone(),
                 acked_features: 0,
                 notifications: Default::default(),
+                shm: None,
             })
             .unwrap_err();
         assert!(matches!(err, ActivateError::AlreadyActive));
