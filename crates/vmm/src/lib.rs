@@ -6,6 +6,7 @@
 //! - [`config`]: the VM configuration shared by CLI, JSON file and API.
 //! - [`control`]: the lifecycle state machine the control plane drives.
 //! - [`interrupts`]: irqfd lines and MSI routes.
+//! - [`shm`]: device shared memory mapped into the guest as memory slots.
 //! - [`vm`]: builds a machine from a [`config::VmConfig`] and runs it.
 
 pub mod arch;
@@ -14,4 +15,5 @@ pub mod control;
 pub mod hypervisor;
 pub mod interrupts;
 pub mod memory;
+pub mod shm;
 pub mod vm;

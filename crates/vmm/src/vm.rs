@@ -18,8 +18,9 @@ use pv_devices::platform::{AcpiPm, I8042Reset, PlatformEvents, PlatformRequest, 
 use pv_devices::serial::SerialPort;
 use pv_devices::virtio::block::{Block, BlockMetrics};
 use pv_devices::virtio::input::{InputDevice, InputHandle, InputKind, LayoutTap, TabletLayout};
-use pv_devices::virtio::pci::{VirtioPciDevice, BAR_SIZE};
+use pv_devices::virtio::pci::{ShmBar, VirtioPciDevice, BAR_SIZE};
 use pv_devices::virtio::rng::Rng;
+use pv_devices::virtio::shm::MAX_SHM_BAR_SIZE;
 use pv_devices::virtio::VirtioDevice;
 use pv_display::{InputEvent, InputSink, ScanoutSink};
 use pv_gpu::virtio_gpu::VirtioGpu;
@@ -35,6 +36,7 @@ use crate::hypervisor::kvm::KvmHypervisor;
 use crate::hypervisor::{HypervisorError, IoEventAddress, Vcpu, VcpuExit, Vm};
 use crate::interrupts::{legacy_irq, VmMsiRouter};
 use crate::memory::{create_guest_memory, ram_top, GuestMemory, MemoryError};
+use crate::shm::{MemorySlots, VmShmMapper};
 
 /// Errors while building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -382,20 +384,33 @@ fn install_kick_handler() {
     });
 }
 
-/// Allocates BARs in the 32-bit PCI window.
+/// Allocates naturally aligned BARs in one of the host bridge's windows.
 struct BarAllocator {
     next: u64,
+    end: u64,
 }
 
 impl BarAllocator {
+    fn new(start: u64, size: u64) -> Self {
+        Self {
+            next: start,
+            end: start.saturating_add(size),
+        }
+    }
+
+    /// `size` bytes (a power of two) aligned to `size`.
     fn alloc(&mut self, size: u64) -> Option<u64> {
-        let addr = self.next.div_ceil(size) * size;
-        (addr + size <= PCI_MMIO32_START + PCI_MMIO32_SIZE).then(|| {
-            self.next = addr + size;
+        let addr = self.next.checked_next_multiple_of(size)?;
+        let end = addr.checked_add(size)?;
+        (end <= self.end).then(|| {
+            self.next = end;
             addr
         })
     }
 }
+
+// The largest shared-memory BAR fits the 64-bit window.
+const _: () = assert!(MAX_SHM_BAR_SIZE <= PCI_MMIO64_SIZE);
 
 impl Machine {
     /// Builds the machine: memory, devices, tables, kernel, vCPUs. The
@@ -461,9 +476,15 @@ impl Machine {
             PCI_ECAM_SIZE,
         )?;
         let router = Arc::new(VmMsiRouter::new(vm.clone()));
-        let mut bars = BarAllocator {
-            next: PCI_MMIO32_START,
-        };
+        let mut bars = BarAllocator::new(PCI_MMIO32_START, PCI_MMIO32_SIZE);
+        // 64-bit BARs (device shared memory) go above RAM; mappings into
+        // them take memory slots above the RAM slots.
+        let mmio64_start = pci_mmio64_start(ram_top(&mem));
+        let mut bars64 = BarAllocator::new(mmio64_start, PCI_MMIO64_SIZE);
+        let shm_slots = Arc::new(Mutex::new(MemorySlots::new(
+            mem.num_regions() as u32,
+            vm.memory_slot_limit(),
+        )));
         let mut pci_devices = Vec::new();
         let mut block_metrics = Vec::new();
         let mut virtio: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
@@ -521,14 +542,36 @@ impl Machine {
                 name: name.clone(),
                 source: "the PCI MMIO window is full".into(),
             })?;
-            let pci = VirtioPciDevice::new(&name, dev, mem.clone(), router.clone(), bar).map_err(
-                |e| VmError::Device {
-                    name: name.clone(),
-                    source: Box::new(e),
+            let pci = VirtioPciDevice::with_shared_memory(
+                &name,
+                dev,
+                mem.clone(),
+                router.clone(),
+                bar,
+                |layout| {
+                    let addr = bars64
+                        .alloc(layout.bar_size())
+                        .ok_or("the PCI 64-bit MMIO window is full")?;
+                    let mapper =
+                        VmShmMapper::new(vm.clone(), shm_slots.clone(), addr, layout.clone());
+                    Ok(ShmBar {
+                        addr,
+                        mapper: Arc::new(mapper),
+                    })
                 },
-            )?;
+            )
+            .map_err(|e| VmError::Device {
+                name: name.clone(),
+                source: Box::new(e),
+            })?;
             for (addr, fd) in pci.notify_eventfds() {
                 vm.register_ioevent(fd, IoEventAddress::Mmio(addr))?;
+            }
+            // What no mapping covers in the shared-memory BAR exits as MMIO
+            // and lands in a hole that reads zeros.
+            if let Some((addr, size, hole)) = pci.shared_memory_bar() {
+                log::debug!("{name}: shared memory BAR at {addr:#x} ({size:#x} bytes)");
+                mmio_bus.insert(Arc::new(Mutex::new(hole)), addr, size)?;
             }
             let pci = Arc::new(Mutex::new(pci));
             mmio_bus.insert(pci.clone(), bar, BAR_SIZE)?;
@@ -548,7 +591,7 @@ impl Machine {
             &mem,
             &AcpiConfig {
                 num_cpus: config.cpus,
-                pci_mmio64_start: pci_mmio64_start(ram_top(&mem)),
+                pci_mmio64_start: mmio64_start,
                 pci_mmio64_size: PCI_MMIO64_SIZE,
             },
         )?;
@@ -837,12 +880,19 @@ mod tests {
 
     #[test]
     fn bars_are_aligned_and_bounded() {
-        let mut b = BarAllocator {
-            next: PCI_MMIO32_START + 0x100,
-        };
+        let mut b = BarAllocator::new(PCI_MMIO32_START + 0x100, PCI_MMIO32_SIZE - 0x100);
         assert_eq!(b.alloc(0x8000), Some(PCI_MMIO32_START + 0x8000));
         assert_eq!(b.alloc(0x8000), Some(PCI_MMIO32_START + 0x10000));
         assert_eq!(b.alloc(PCI_MMIO32_SIZE), None);
+        // The 64-bit window takes the largest shared-memory BAR and then some.
+        let start = pci_mmio64_start(8 << 30);
+        let mut b = BarAllocator::new(start, PCI_MMIO64_SIZE);
+        assert_eq!(b.alloc(1 << 20), Some(start));
+        assert_eq!(b.alloc(16 << 30), Some(start + (16 << 30)));
+        assert_eq!(b.alloc(MAX_SHM_BAR_SIZE), Some(start + MAX_SHM_BAR_SIZE));
+        assert_eq!(b.alloc(0x1000), None, "past the window");
+        let mut edge = BarAllocator::new(u64::MAX - 0xfff, 0x1000);
+        assert_eq!(edge.alloc(0x2000), None, "no overflow");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use kvm_bindings::{
     KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
     KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, NoDatamatch, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, NoDatamatch, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ioctl_err, HypervisorError, IoEventAddress, Result, Vcpu, VcpuExit, Vm};
@@ -133,10 +133,20 @@ impl KvmHypervisor {
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl_err("KVM_GET_SUPPORTED_CPUID"))?;
+        // Per VM where the kernel answers it (it may differ per VM type),
+        // else the system-wide answer; KVM's documented default is 32.
+        let slots = match fd.check_extension_int(Cap::NrMemslots) {
+            n if n > 0 => n,
+            _ => self.kvm.check_extension_int(Cap::NrMemslots),
+        };
+        let memory_slots = u32::try_from(slots).ok().filter(|&n| n > 0).unwrap_or(32);
+        let readonly_memory = fd.check_extension(Cap::ReadonlyMem);
         Ok(KvmVm {
             fd,
             routes: Mutex::new(routes),
             supported_cpuid,
+            memory_slots,
+            readonly_memory,
         })
     }
 }
@@ -183,6 +193,10 @@ pub struct KvmVm {
     /// Every GSI route, keyed by (gsi, n) since a legacy GSI has two.
     routes: Mutex<BTreeMap<(u32, u32), kvm_irq_routing_entry>>,
     supported_cpuid: CpuId,
+    /// KVM_CAP_NR_MEMSLOTS.
+    memory_slots: u32,
+    /// KVM_CAP_READONLY_MEM.
+    readonly_memory: bool,
 }
 
 impl KvmVm {
@@ -215,6 +229,62 @@ impl Vm for KvmVm {
         // SAFETY: the caller guarantees the host range outlives the VM.
         unsafe { self.fd.set_user_memory_region(region) }
             .map_err(ioctl_err("KVM_SET_USER_MEMORY_REGION"))
+    }
+
+    fn memory_slot_limit(&self) -> u32 {
+        self.memory_slots
+    }
+
+    fn supports_readonly_memory(&self) -> bool {
+        self.readonly_memory
+    }
+
+    unsafe fn map_user_memory(
+        &self,
+        slot: u32,
+        guest_addr: u64,
+        size: u64,
+        host_addr: *mut u8,
+        readonly: bool,
+    ) -> Result<()> {
+        if readonly && !self.readonly_memory {
+            return Err(HypervisorError::Unsupported(
+                "read-only memory slots (KVM_CAP_READONLY_MEM)".into(),
+            ));
+        }
+        if slot >= self.memory_slots {
+            return Err(HypervisorError::Unsupported(format!(
+                "memory slot {slot} (KVM has {})",
+                self.memory_slots
+            )));
+        }
+        let region = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: guest_addr,
+            memory_size: size,
+            userspace_addr: host_addr as u64,
+            flags: if readonly { KVM_MEM_READONLY } else { 0 },
+        };
+        // SAFETY: the caller guarantees the host range stays mapped until
+        // the slot is deleted (`unmap_user_memory`) or the VM is gone.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(ioctl_err("KVM_SET_USER_MEMORY_REGION"))
+    }
+
+    fn unmap_user_memory(&self, slot: u32, guest_addr: u64, _size: u64) -> Result<()> {
+        // A size of zero deletes the slot; KVM waits until no vCPU uses the
+        // old memory map before it returns.
+        let region = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: guest_addr,
+            memory_size: 0,
+            userspace_addr: 0,
+            flags: 0,
+        };
+        // SAFETY: deleting a slot maps no host memory; the guest loses
+        // access to what the slot mapped.
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(ioctl_err("KVM_SET_USER_MEMORY_REGION (delete)"))
     }
 
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>> {

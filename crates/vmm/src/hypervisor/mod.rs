@@ -1,7 +1,7 @@
 //! The seam between the VMM and the host hypervisor.
 //!
-//! The rest of the VMM sees a [`Vm`] (memory slots, ioeventfds, interrupt
-//! routes, vCPU creation) and a [`Vcpu`] (run until an exit that needs the
+//! The rest of the VMM sees a [`Vm`] (memory slots, run-time memory
+//! mappings, ioeventfds, interrupt routes, vCPU creation) and a [`Vcpu`] (run until an exit that needs the
 //! VMM). KVM is the one backend today ([`kvm`]); Hypervisor.framework or
 //! aarch64 KVM would implement the same traits. x86 register state is passed
 //! as the kvm-bindings structs, used here as plain data.
@@ -97,6 +97,32 @@ pub trait Vm: Send + Sync {
         host_addr: u64,
         readonly: bool,
     ) -> Result<()>;
+    /// How many memory slots the VM has (RAM and run-time mappings together).
+    fn memory_slot_limit(&self) -> u32;
+    /// Whether memory can be mapped read-only for the guest (its writes then
+    /// exit as MMIO).
+    fn supports_readonly_memory(&self) -> bool;
+    /// Maps `size` bytes of host memory at `host_addr` into the guest at
+    /// `guest_addr` in memory slot `slot`, while the VM runs (e.g. a device's
+    /// shared memory). `guest_addr`, `size` and `host_addr` are page aligned;
+    /// the slot is unused and the guest range overlaps no other slot.
+    ///
+    /// # Safety
+    /// The host range must be a valid mapping of this process (writable
+    /// unless `readonly`) and stay mapped until [`Vm::unmap_user_memory`] of
+    /// `slot` returned `Ok` (or the VM is gone).
+    unsafe fn map_user_memory(
+        &self,
+        slot: u32,
+        guest_addr: u64,
+        size: u64,
+        host_addr: *mut u8,
+        readonly: bool,
+    ) -> Result<()>;
+    /// Removes the mapping in `slot` (made at `guest_addr`, `size` bytes by
+    /// [`Vm::map_user_memory`]). When it returns `Ok` no vCPU can reach the
+    /// host memory any more; guest accesses there exit as MMIO.
+    fn unmap_user_memory(&self, slot: u32, guest_addr: u64, size: u64) -> Result<()>;
     fn create_vcpu(&self, id: u8) -> Result<Box<dyn Vcpu>>;
     /// Signals `fd` when the guest writes to `addr` (any value).
     fn register_ioevent(&self, fd: &EventFd, addr: IoEventAddress) -> Result<()>;
