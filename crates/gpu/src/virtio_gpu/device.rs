@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 
 use pv_devices::virtio::worker::{serve, Worker};
 use pv_devices::virtio::{
-    device_type, read_config_bytes, ActivateContext, ActivateError, VirtioDevice,
-    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    device_type, read_config_bytes, ActivateContext, ActivateError, SharedMemoryRegion, ShmMapper,
+    VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use pv_display::ScanoutSink;
 use vmm_sys_util::eventfd::EventFd;
@@ -26,7 +26,7 @@ use super::frontend::Frontend;
 use super::metrics::GpuMetrics;
 use super::params::{GpuParams, ParamsError};
 use super::protocol::{
-    VIRTIO_GPU_F_CONTEXT_INIT, VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_BLOB,
+    SHM_ID_HOST_VISIBLE, VIRTIO_GPU_F_CONTEXT_INIT, VIRTIO_GPU_F_EDID, VIRTIO_GPU_F_RESOURCE_BLOB,
     VIRTIO_GPU_F_RESOURCE_UUID, VIRTIO_GPU_F_VIRGL,
 };
 use super::resources::Backend2d;
@@ -90,6 +90,34 @@ struct FrontendParts {
     edid: bool,
     max_hostmem: u64,
     window: Option<Arc<dyn HostVisibleWindow>>,
+}
+
+/// The host-visible window as the transport's shared-memory region 1.
+struct ShmWindow {
+    mapper: Arc<dyn ShmMapper>,
+    size: u64,
+}
+
+impl HostVisibleWindow for ShmWindow {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    unsafe fn map(&self, offset: u64, host_addr: *mut u8, len: u64) -> Result<(), String> {
+        // SAFETY: the caller's guarantee (host_addr..+len stays mapped until
+        // unmap) is the one ShmMapper::map asks for.
+        unsafe {
+            self.mapper
+                .map(SHM_ID_HOST_VISIBLE, offset, host_addr, len, true)
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    fn unmap(&self, offset: u64) -> Result<(), String> {
+        self.mapper
+            .unmap(SHM_ID_HOST_VISIBLE, offset)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The thread that owns virglrenderer for the device's lifetime.
@@ -328,7 +356,12 @@ impl VirtioDevice for VirtioGpu {
                 metrics: self.metrics.clone(),
                 edid,
                 max_hostmem: self.params.max_hostmem,
-                window: None,
+                window: ctx.shm.clone().map(|mapper| {
+                    Arc::new(ShmWindow {
+                        mapper,
+                        size: self.params.hostmem_window(),
+                    }) as Arc<dyn HostVisibleWindow>
+                }),
             };
             if rt
                 .jobs
@@ -365,6 +398,16 @@ impl VirtioDevice for VirtioGpu {
                 self.display.set_interrupt(None);
                 Err(ActivateError::Worker(e))
             }
+        }
+    }
+
+    fn shared_memory_regions(&self) -> Vec<SharedMemoryRegion> {
+        match self.params.hostmem_window() {
+            0 => Vec::new(),
+            len => vec![SharedMemoryRegion {
+                id: SHM_ID_HOST_VISIBLE,
+                len,
+            }],
         }
     }
 

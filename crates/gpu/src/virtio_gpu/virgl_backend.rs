@@ -166,7 +166,8 @@ impl VirglBackend {
         if let Some((offset, len)) = res.mapped.take() {
             if let Some(window) = &self.window {
                 if let Err(e) = window.unmap(offset) {
-                    log::warn!("virtio-gpu: unmapping blob {resource_id} at {offset:#x}: {e}");
+                    // After a reset the transport already removed it.
+                    log::debug!("virtio-gpu: unmapping blob {resource_id} at {offset:#x}: {e}");
                 }
             }
             self.mappings.remove(&offset);
@@ -704,7 +705,8 @@ impl Gpu3d for VirglBackend {
             size,
             window: window.size(),
         };
-        if !offset.is_multiple_of(PAGE) || offset.checked_add(len).is_none_or(|e| e > window.size()) {
+        if !offset.is_multiple_of(PAGE) || offset.checked_add(len).is_none_or(|e| e > window.size())
+        {
             return Err(outside);
         }
         // No overlap with the mapping before or after.
