@@ -5,7 +5,7 @@
 //! ```text
 //! <cache>/lock                  flock(2) taken while packages or images are prepared
 //! <cache>/manifest.json         packages resolved last (name → Debian version), kernel release
-//! <cache>/apt/                  private apt configuration, package lists, apt's own cache
+//! <cache>/apt/<suite>/          private apt configuration, package lists, apt's own cache
 //! <cache>/debs/                 downloaded .deb files
 //! <cache>/pkgs/<name>_<ver>/    extracted packages (dpkg-deb -x), never modified afterwards
 //! <cache>/images/<key>/         built guest initramfs (initrd.img) + manifest.json, by input hash

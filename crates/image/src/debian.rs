@@ -1,11 +1,12 @@
 //! Debian packages through apt with a private configuration: the trixie 6.12 kernel and
-//! busybox-static, downloaded and extracted into the cache.
+//! busybox-static, downloaded and extracted into the cache; the same machinery serves other
+//! suites (the GPU runtime comes from sid, see [`crate::gpu_runtime`]).
 //!
-//! apt runs with its own sources list, lists, cache and configuration file under
-//! `<cache>/apt/`; the system's sources, lists and package state are never written. Lists are
-//! refreshed when older than a day (or missing). The packages resolved last are recorded in
-//! `<cache>/manifest.json`; while the lists are unchanged that record is reused without
-//! running apt at all.
+//! apt runs with its own sources list, lists, cache, (empty) package status and configuration
+//! file under `<cache>/apt/<suite>/`; the system's sources, lists and package state are never
+//! read or written. Lists are refreshed when older than a day (or missing). The packages
+//! resolved last are recorded in `<cache>/manifest.json`; while the lists are unchanged that
+//! record is reused without running apt at all.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -21,19 +22,27 @@ use thiserror::Error;
 use crate::cache::{Cache, CacheError};
 use crate::modules::{ModuleError, ModuleIndex};
 
-/// The Debian suite every package comes from.
+/// The Debian suite the guest's packages (kernel, busybox, GPU userspace) come from.
 pub const SUITE: &str = "trixie";
-/// The private sources list.
-pub const SOURCES_LIST: &str = "deb http://deb.debian.org/debian trixie main\n";
+/// The Debian mirror every suite is fetched from.
+pub const MIRROR: &str = "http://deb.debian.org/debian";
 /// The busybox package (its /usr/bin/busybox is statically linked).
 pub const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// How old the package lists may get before `apt-get update` runs again.
 pub const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// Settings of the private apt configuration, on top of the `-o` options: no post-invoke hooks
-/// of the system's configuration (they clean the system's caches), no AppStream/translation
-/// indexes (not needed).
+/// The private sources list of `suite`.
+pub fn sources_list(suite: &str) -> String {
+    format!("deb {MIRROR} {suite} main\n")
+}
+
+/// Settings of the private apt configuration, on top of the `-o` options: amd64 only (whatever
+/// foreign architectures the host has), no post-invoke hooks of the system's configuration
+/// (they clean the system's caches), no AppStream/translation indexes (not needed).
 const APT_CONF: &str = "\
+APT::Architecture \"amd64\";
+#clear APT::Architectures;
+APT::Architectures { \"amd64\"; };
 #clear APT::Update::Post-Invoke;
 #clear APT::Update::Post-Invoke-Success;
 #clear DPkg::Post-Invoke;
@@ -63,8 +72,12 @@ pub enum DebianError {
         status: String,
         stderr: String,
     },
-    #[error("no package matches {0} in Debian trixie")]
-    NotFound(String),
+    #[error("no package matches {what} in Debian {suite}")]
+    NotFound { what: String, suite: String },
+    #[error("not a Debian suite name: {0:?}")]
+    BadSuite(String),
+    #[error("apt resolved no version for {0} (are the package lists complete? remove <cache>/apt and retry)")]
+    NoVersion(String),
     #[error("package {package} has no {what}")]
     BadPackage { package: String, what: String },
     #[error("kernel modules of {release}")]
@@ -95,10 +108,11 @@ pub struct CacheManifest {
     pub busybox: PackageRef,
 }
 
-/// apt-get / apt-cache with the cache's private configuration.
+/// apt-get / apt-cache with the cache's private configuration for one suite.
 #[derive(Debug, Clone)]
 pub struct Apt {
     dir: PathBuf,
+    suite: String,
     quiet: bool,
 }
 
@@ -117,15 +131,44 @@ fn write_if_changed(path: &Path, content: &str) -> Result<(), DebianError> {
 }
 
 impl Apt {
-    /// Sets up `<cache>/apt/` (sources list, configuration, lists and cache directories).
-    pub fn new(cache: &Cache, quiet: bool) -> Result<Apt, DebianError> {
-        let dir = cache.path("apt");
+    /// Sets up `<cache>/apt/<suite>/` (sources list, configuration, empty package status, lists
+    /// and cache directories) for a Debian suite (`trixie`, `sid`, ...).
+    pub fn new(cache: &Cache, suite: &str, quiet: bool) -> Result<Apt, DebianError> {
+        if suite.is_empty() || !suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(DebianError::BadSuite(suite.to_string()));
+        }
+        let top = cache.path("apt");
+        // Before suites had their own directories, trixie's lists lived in <cache>/apt/.
+        for old in ["lists", "cache"] {
+            let _ = fs::remove_dir_all(top.join(old));
+        }
+        for old in ["sources.list", "apt.conf", "updated"] {
+            let _ = fs::remove_file(top.join(old));
+        }
+        let dir = top.join(suite);
         for sub in ["lists/partial", "cache/archives/partial"] {
             cache.ensure_dir(&dir.join(sub))?;
         }
-        write_if_changed(&dir.join("sources.list"), SOURCES_LIST)?;
+        write_if_changed(&dir.join("sources.list"), &sources_list(suite))?;
         write_if_changed(&dir.join("apt.conf"), APT_CONF)?;
-        Ok(Apt { dir, quiet })
+        write_if_changed(&dir.join("status"), "")?;
+        Ok(Apt {
+            dir,
+            suite: suite.to_string(),
+            quiet,
+        })
+    }
+
+    /// The suite this configuration fetches from.
+    pub fn suite(&self) -> &str {
+        &self.suite
+    }
+
+    fn not_found(&self, what: impl Into<String>) -> DebianError {
+        DebianError::NotFound {
+            what: what.into(),
+            suite: self.suite.clone(),
+        }
     }
 
     fn options(&self) -> Vec<OsString> {
@@ -139,6 +182,7 @@ impl Apt {
         o("Dir::Etc::SourceList", &self.dir.join("sources.list"));
         o("Dir::Etc::SourceParts", Path::new("/dev/null"));
         o("Dir::State::Lists", &self.dir.join("lists"));
+        o("Dir::State::status", &self.dir.join("status"));
         o("Dir::Cache", &self.dir.join("cache"));
         o("APT::Sandbox::User", Path::new("root"));
         opts
@@ -190,7 +234,7 @@ impl Apt {
         if fresh && self.has_lists() {
             return Ok(());
         }
-        self.say(&format!("updating Debian {SUITE} package lists ..."));
+        self.say(&format!("updating Debian {} package lists ...", self.suite));
         match self.update() {
             Ok(()) => Ok(()),
             Err(e) if self.has_lists() => {
@@ -221,8 +265,7 @@ impl Apt {
     /// The newest `linux-image-6.12.*+deb13-amd64` package (the real one, not the meta package).
     pub fn newest_kernel_package(&self) -> Result<String, DebianError> {
         let names = self.search_names(r"^linux-image-6\.12\.[0-9.]+\+deb13-amd64$")?;
-        newest_kernel(&names)
-            .ok_or_else(|| DebianError::NotFound("linux-image-6.12.*+deb13-amd64".to_string()))
+        newest_kernel(&names).ok_or_else(|| self.not_found("linux-image-6.12.*+deb13-amd64"))
     }
 
     /// The version apt would install for `package`.
@@ -231,7 +274,7 @@ impl Apt {
         out.lines()
             .find_map(|l| l.strip_prefix("Version:"))
             .map(|v| v.trim().to_string())
-            .ok_or_else(|| DebianError::NotFound(package.to_string()))
+            .ok_or_else(|| self.not_found(package))
     }
 
     /// Downloads `package` at `version` into `dir` (unless already there); returns the file.
@@ -254,7 +297,7 @@ impl Apt {
                 Some(&partial),
             )?;
             let got = find_deb(&partial, package, version)?
-                .ok_or_else(|| DebianError::NotFound(format!("{package}={version} (download)")))?;
+                .ok_or_else(|| self.not_found(format!("{package}={version} (download)")))?;
             let name = got.file_name().map(PathBuf::from).unwrap_or_default();
             let dest = dir.join(name);
             fs::rename(&got, &dest).map_err(io_err(&dest))?;
@@ -263,6 +306,143 @@ impl Apt {
         let _ = fs::remove_dir_all(&partial);
         result
     }
+}
+
+impl Apt {
+    /// The names of `roots` and every package they depend on, recursively (Depends and
+    /// Pre-Depends only), sorted; virtual packages and `exclude` are left out.
+    pub fn depends_closure(
+        &self,
+        roots: &[&str],
+        exclude: &[&str],
+    ) -> Result<Vec<String>, DebianError> {
+        let mut args = vec![
+            "depends",
+            "--recurse",
+            "--no-recommends",
+            "--no-suggests",
+            "--no-conflicts",
+            "--no-breaks",
+            "--no-replaces",
+            "--no-enhances",
+        ];
+        args.extend_from_slice(roots);
+        let out = self.run("apt-cache", &args, None)?;
+        let names = parse_depends_closure(&out, exclude);
+        if let Some(missing) = roots.iter().find(|r| !names.iter().any(|n| n == *r)) {
+            return Err(self.not_found(*missing));
+        }
+        Ok(names)
+    }
+
+    /// The versions apt would install for `packages` (one `apt-cache show` for all), in the
+    /// order given.
+    pub fn candidate_versions(&self, packages: &[String]) -> Result<Vec<PackageRef>, DebianError> {
+        if packages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec!["show", "--no-all-versions"];
+        args.extend(packages.iter().map(String::as_str));
+        let out = self.run("apt-cache", &args, None)?;
+        let found = parse_show_versions(&out);
+        packages
+            .iter()
+            .map(|name| {
+                found
+                    .get(name)
+                    .map(|version| PackageRef {
+                        name: name.clone(),
+                        version: version.clone(),
+                    })
+                    .ok_or_else(|| DebianError::NoVersion(name.clone()))
+            })
+            .collect()
+    }
+
+    /// Downloads every package of `packages` that is not in `dir` yet, with one `apt-get
+    /// download`; returns the .deb of each, in the order given.
+    pub fn download_all(
+        &self,
+        packages: &[PackageRef],
+        dir: &Path,
+    ) -> Result<Vec<PathBuf>, DebianError> {
+        let mut missing = Vec::new();
+        for p in packages {
+            if find_deb(dir, &p.name, &p.version)?.is_none() {
+                missing.push(format!("{}={}", p.name, p.version));
+            }
+        }
+        if !missing.is_empty() {
+            self.say(&format!(
+                "downloading {} packages from Debian {} ...",
+                missing.len(),
+                self.suite
+            ));
+            let partial = dir.join(format!(".partial-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&partial);
+            fs::create_dir_all(&partial).map_err(io_err(&partial))?;
+            let result = (|| {
+                let mut args = vec!["-q", "download"];
+                args.extend(missing.iter().map(String::as_str));
+                self.run("apt-get", &args, Some(&partial))?;
+                let entries = fs::read_dir(&partial).map_err(io_err(&partial))?;
+                for entry in entries.flatten() {
+                    let dest = dir.join(entry.file_name());
+                    fs::rename(entry.path(), &dest).map_err(io_err(&dest))?;
+                }
+                Ok::<(), DebianError>(())
+            })();
+            let _ = fs::remove_dir_all(&partial);
+            result?;
+        }
+        packages
+            .iter()
+            .map(|p| {
+                find_deb(dir, &p.name, &p.version)?
+                    .ok_or_else(|| self.not_found(format!("{}={} (download)", p.name, p.version)))
+            })
+            .collect()
+    }
+}
+
+/// The package names in `apt-cache depends --recurse` output: the unindented lines, without
+/// virtual packages (`<name>`) and `exclude`; sorted, without duplicates. An architecture
+/// qualifier (`name:amd64`) is dropped.
+pub fn parse_depends_closure(output: &str, exclude: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = output
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with([' ', '\t', '<', '|']))
+        .map(|l| l.trim().split(':').next().unwrap_or_default().to_string())
+        .filter(|n| !n.is_empty() && !exclude.contains(&n.as_str()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Package → version from `apt-cache show` stanzas (the first stanza of a package wins).
+pub fn parse_show_versions(output: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for stanza in output.split("\n\n") {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+        };
+        if let (Some(p), Some(v)) = (field("Package:"), field("Version:")) {
+            out.entry(p).or_insert(v);
+        }
+    }
+    out
+}
+
+/// Extracts a .deb (`dpkg-deb -x`) into the existing directory `dest`, merging with what is
+/// there.
+pub fn extract_deb_into(deb: &Path, dest: &Path) -> Result<(), DebianError> {
+    let mut cmd = Command::new("dpkg-deb");
+    cmd.arg("-x").arg(deb).arg(dest).stdin(Stdio::null());
+    run_command(cmd, &format!("dpkg-deb -x {}", deb.display())).map(|_| ())
 }
 
 /// Runs `cmd`, returning its stdout; a failure carries the end of its stderr.
@@ -391,7 +571,7 @@ pub struct FetchOptions {
 /// Downloads (when needed) and extracts the kernel and busybox packages; takes the cache lock.
 pub fn fetch_base(cache: &Cache, opts: &FetchOptions) -> Result<BasePackages, DebianError> {
     let _lock = cache.lock()?;
-    let apt = Apt::new(cache, opts.quiet)?;
+    let apt = Apt::new(cache, SUITE, opts.quiet)?;
     apt.update_if_stale()?;
     let manifest_path = cache.path("manifest.json");
     let previous: Option<CacheManifest> = fs::read(&manifest_path)
@@ -525,6 +705,65 @@ mod tests {
             Some("linux-image-6.12.117+deb13-amd64")
         );
         assert_eq!(newest_kernel(&[]), None);
+    }
+
+    #[test]
+    fn depends_closure_parsing() {
+        let out = "\
+mesa-vulkan-drivers
+  Depends: libvulkan1
+  Depends: <libgl1-virtual>
+ |Depends: libfoo
+  Depends: libc6
+libvulkan1
+  Depends: libc6
+<debconf-2.0>
+libc6
+  Depends: libgcc-s1
+libgcc-s1
+debconf
+libfoo:amd64
+";
+        assert_eq!(
+            parse_depends_closure(out, &["debconf"]),
+            [
+                "libc6",
+                "libfoo",
+                "libgcc-s1",
+                "libvulkan1",
+                "mesa-vulkan-drivers"
+            ]
+        );
+        assert!(parse_depends_closure("", &[]).is_empty());
+    }
+
+    #[test]
+    fn show_versions_parsing() {
+        let out = "\
+Package: libc6
+Version: 2.41-12
+Architecture: amd64
+Description: GNU C Library
+
+Package: libllvm19
+Source: llvm-toolchain-19
+Version: 1:19.1.7-3+b1
+
+Package: libc6
+Version: 2.40-1
+";
+        let v = parse_show_versions(out);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v["libc6"], "2.41-12");
+        assert_eq!(v["libllvm19"], "1:19.1.7-3+b1");
+    }
+
+    #[test]
+    fn sources_per_suite() {
+        assert_eq!(
+            sources_list("sid"),
+            "deb http://deb.debian.org/debian sid main\n"
+        );
     }
 
     #[test]
