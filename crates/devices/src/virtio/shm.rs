@@ -528,4 +528,67 @@ mod tests {
         assert_eq!(all, vec!['a', 'c', 'd']);
         assert!(m.is_empty());
     }
+
+    /// Random requests, guest-sized numbers included, against a plain model:
+    /// a request is taken exactly when it names a region, is page aligned,
+    /// not empty, inside the region, disjoint from every live mapping and
+    /// under the limit.
+    #[test]
+    fn random_requests_match_a_model() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let layout = ShmLayout::new(&[region(1, 64 * K4), region(3, 16 * K4)])
+            .unwrap()
+            .unwrap();
+        let mut m = ShmMappings::new(layout, 12);
+        // (region, offset, len) of live mappings.
+        let mut live: Vec<(u8, u64, u64)> = Vec::new();
+        for step in 0..20_000 {
+            let region = [0u8, 1, 1, 1, 3, 3, 255][(next() % 7) as usize];
+            let pick = |r: u64, huge: u64| match r % 8 {
+                0 => huge,
+                1 => huge % (1 << 20),
+                _ => (r % 20) * K4,
+            };
+            let offset = pick(next(), next());
+            let len = pick(next(), next());
+            if next() % 3 == 0 && !live.is_empty() {
+                let i = (next() % live.len() as u64) as usize;
+                let (r, o, _) = live.swap_remove(i);
+                m.remove(r, o).unwrap();
+                continue;
+            }
+            let region_len = match region {
+                1 => Some(64 * K4),
+                3 => Some(16 * K4),
+                _ => None,
+            };
+            let ok = region_len.is_some_and(|rl| {
+                len != 0
+                    && offset % K4 == 0
+                    && len % K4 == 0
+                    && offset.checked_add(len).is_some_and(|end| end <= rl)
+                    && live
+                        .iter()
+                        .all(|&(r, o, l)| r != region || o + l <= offset || offset + len <= o)
+                    && live.len() < 12
+            });
+            let got = m.insert(region, offset, len, ());
+            assert_eq!(
+                got.is_ok(),
+                ok,
+                "step {step}: {region} {offset:#x}+{len:#x}: {:?}",
+                got.err()
+            );
+            if ok {
+                live.push((region, offset, len));
+            }
+            assert_eq!(m.len(), live.len());
+        }
+    }
 }
