@@ -884,7 +884,8 @@ mod tests {
         assert_eq!(b.alloc(0x8000), Some(PCI_MMIO32_START + 0x8000));
         assert_eq!(b.alloc(0x8000), Some(PCI_MMIO32_START + 0x10000));
         assert_eq!(b.alloc(PCI_MMIO32_SIZE), None);
-        // The 64-bit window takes the largest shared-memory BAR and then some.
+        // The 64-bit window takes the largest shared-memory BAR (64 GiB, a
+        // GPU's largest host-visible window) and then some.
         let start = pci_mmio64_start(8 << 30);
         let mut b = BarAllocator::new(start, PCI_MMIO64_SIZE);
         assert_eq!(b.alloc(1 << 20), Some(start));

@@ -20,7 +20,7 @@ pub const SHM_PAGE_SIZE: u64 = 4096;
 pub const MAX_SHM_REGIONS: usize = 4;
 /// Largest shared-memory BAR (the sum of a device's regions, rounded up to a
 /// power of two).
-pub const MAX_SHM_BAR_SIZE: u64 = 32 << 30;
+pub const MAX_SHM_BAR_SIZE: u64 = 64 << 30;
 /// Most mappings one device may hold at a time (each costs a hypervisor
 /// memory slot).
 pub const MAX_SHM_MAPPINGS: usize = 1024;
@@ -101,7 +101,7 @@ impl ShmLayout {
                 offset,
                 len: r.len,
             });
-            // At most 4 regions of at most 2^35 bytes: no overflow.
+            // At most 4 regions of at most 2^36 bytes: no overflow.
             offset += r.len;
         }
         let bar_size = offset.next_power_of_two();
@@ -455,13 +455,15 @@ mod tests {
         let five: Vec<_> = (0..5).map(|i| region(i, K4)).collect();
         assert_eq!(ShmLayout::new(&five), Err(ShmLayoutError::TooMany(5)));
         assert_eq!(
-            ShmLayout::new(&[region(1, 64 << 30)]),
-            Err(ShmLayoutError::TooLarge(64 << 30))
+            ShmLayout::new(&[region(1, 128 << 30)]),
+            Err(ShmLayoutError::TooLarge(128 << 30))
         );
         assert_eq!(
-            ShmLayout::new(&[region(1, 32 << 30), region(2, K4)]),
-            Err(ShmLayoutError::TooLarge(64 << 30))
+            ShmLayout::new(&[region(1, 64 << 30), region(2, K4)]),
+            Err(ShmLayoutError::TooLarge(128 << 30))
         );
+        let largest = ShmLayout::new(&[region(1, 64 << 30)]).unwrap().unwrap();
+        assert_eq!(largest.bar_size(), MAX_SHM_BAR_SIZE);
         assert!(ShmLayoutError::BadLength { id: 2, len: 3 }
             .to_string()
             .contains("power of two"));

@@ -13,8 +13,8 @@
 //! 0xe000_0000  PCI ECAM (MMCONFIG), one bus
 //! 0xfec0_0000  IOAPIC              0xfee0_0000 local APIC
 //! 0x1_0000_0000 RAM above 4 GiB, then the PCI 64-bit MMIO window
-//!              (64 GiB, 64 GiB aligned: 64-bit prefetchable BARs such as
-//!              virtio shared memory, up to 32 GiB each)
+//!              (128 GiB from a 64 GiB boundary: 64-bit prefetchable BARs
+//!              such as virtio shared memory, up to 64 GiB each)
 //! ```
 
 /// Global descriptor table.
@@ -60,7 +60,7 @@ pub const RAM_64BIT_START: u64 = 0x1_0000_0000;
 /// Size of the PCI 64-bit BAR window (placed above RAM, see
 /// [`pci_mmio64_start`]); the DSDT's host bridge `_CRS` declares it, so the
 /// guest keeps the BARs the VMM puts there.
-pub const PCI_MMIO64_SIZE: u64 = 0x10_0000_0000;
+pub const PCI_MMIO64_SIZE: u64 = 0x20_0000_0000;
 
 /// The 64-bit PCI window: above all RAM, 64 GiB aligned.
 pub fn pci_mmio64_start(ram_top: u64) -> u64 {
