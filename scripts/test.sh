@@ -10,4 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-host.sh
 cargo build --workspace --bins
+# The host GPU runtime (virglrenderer and Mesa from Debian sid; docs/gpu-runtime.md),
+# assembled once and reused while sid's packages are unchanged.
+target/debug/pearvisor gpu-runtime build --quiet
 cargo nextest run --workspace --no-fail-fast "$@"

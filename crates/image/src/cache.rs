@@ -9,6 +9,7 @@
 //! <cache>/debs/                 downloaded .deb files
 //! <cache>/pkgs/<name>_<ver>/    extracted packages (dpkg-deb -x), never modified afterwards
 //! <cache>/images/<key>/         built guest initramfs (initrd.img) + manifest.json, by input hash
+//! <cache>/gpu-runtime/          the host GPU runtime from sid (see crate::gpu_runtime)
 //! <cache>/tmp/                  scratch files of running builds and nested machines
 //! ```
 

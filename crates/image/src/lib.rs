@@ -17,6 +17,7 @@
 pub mod cache;
 pub mod cpio;
 pub mod debian;
+pub mod gpu_runtime;
 pub mod init;
 pub mod modules;
 
@@ -32,6 +33,7 @@ use thiserror::Error;
 pub use cache::{Cache, CacheError, CacheLock};
 pub use cpio::{Compression, CpioError, Initramfs};
 pub use debian::{fetch_base, BasePackages, DebianError, FetchOptions, KernelPackage, PackageRef};
+pub use gpu_runtime::{build_gpu_runtime, cached_gpu_runtime, GpuRuntime, GpuRuntimeOptions};
 pub use modules::{ModuleError, ModuleFile, ModuleIndex};
 
 /// The guest modules loaded by default, for PearVisor's virtio devices (block, rng, GPU,
@@ -68,6 +70,8 @@ pub enum ImageError {
     Io { path: PathBuf, source: io::Error },
     #[error("invalid destination for an extra file: {0:?} (must be absolute, without '..')")]
     InvalidPath(PathBuf),
+    #[error("the GPU runtime assembled from Debian {suite} is incomplete: {what} (the packages may have changed; report it)")]
+    IncompleteRuntime { suite: String, what: String },
 }
 
 /// A built guest image: boot `kernel` with `initrd`.

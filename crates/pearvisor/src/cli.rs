@@ -1,5 +1,5 @@
 //! Command-line syntax: `pearvisor run`, `pearvisor ctl`, `pearvisor image`,
-//! `pearvisor host`.
+//! `pearvisor gpu-runtime`, `pearvisor host`, `pearvisor gpu`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +21,9 @@ pub enum Command {
     /// Build or locate the default guest image.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Build or locate the host GPU runtime (virglrenderer and Mesa from Debian sid).
+    #[command(subcommand)]
+    GpuRuntime(GpuRuntimeCommand),
     /// Say what virtualization this host offers.
     Host,
     /// Control a running VM through its API socket (see `run --api-socket`).
@@ -103,6 +106,25 @@ pub enum ImageCommand {
     Build,
     /// Print the default image's kernel and initrd paths (building it if needed).
     Path,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GpuRuntimeCommand {
+    /// Assemble the GPU runtime from Debian sid's packages into the cache (reused while sid's
+    /// packages are unchanged); prints its path and the main versions.
+    Build(GpuRuntimeBuildArgs),
+    /// Print the cached GPU runtime's path (never builds; exits 1 when there is none).
+    Path,
+}
+
+#[derive(Debug, Args)]
+pub struct GpuRuntimeBuildArgs {
+    /// Keep everything the packages ship: all of Mesa's Vulkan drivers, docs, man pages.
+    #[arg(long)]
+    pub full: bool,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

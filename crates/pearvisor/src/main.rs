@@ -20,10 +20,12 @@ use pv_vmm::control::VmController;
 use pv_vmm::hypervisor::kvm::HostKvm;
 use pv_vmm::vm::{ConsoleInput, DisplaySetup, Machine, VmExitReason};
 
-use cli::{Cli, Command, ImageCommand, RunArgs};
+use cli::{Cli, Command, GpuRuntimeCommand, ImageCommand, RunArgs};
 
 /// Command line used with the default guest image.
 const DEFAULT_IMAGE_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1";
+/// The packages whose versions `pearvisor gpu-runtime build` prints.
+const GPU_RUNTIME_SHOWN: &[&str] = &["libvirglrenderer1", "mesa-vulkan-drivers", "libc6"];
 /// Command line used with a user-supplied kernel and no --cmdline.
 const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet";
 
@@ -60,6 +62,29 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("{} {}", image.kernel.display(), image.initrd.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::GpuRuntime(GpuRuntimeCommand::Build(args)) => {
+            let rt = pv_image::build_gpu_runtime(pv_image::GpuRuntimeOptions {
+                cache_dir: None,
+                full: args.full,
+                quiet: args.quiet,
+            })
+            .context("cannot build the GPU runtime")?;
+            println!("{}", rt.root.display());
+            for package in GPU_RUNTIME_SHOWN {
+                println!("{package} {}", rt.version_of(package).unwrap_or("-"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GpuRuntime(GpuRuntimeCommand::Path) => match pv_image::cached_gpu_runtime(None) {
+            Some(rt) => {
+                println!("{}", rt.root.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!("pearvisor: no GPU runtime; run `pearvisor gpu-runtime build`");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::Gpu(args) => {
             let inventory = pv_gpu::inventory().context("cannot list the host's GPUs")?;
             if args.json {

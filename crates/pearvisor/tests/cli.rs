@@ -186,3 +186,21 @@ fn a_window_without_a_display_server_is_refused_before_booting() {
     );
     let _ = std::fs::remove_file(kernel);
 }
+
+#[test]
+fn gpu_runtime_path_without_a_runtime_says_how_to_build_one() {
+    let cache = std::env::temp_dir().join(format!("pv-cli-{}-empty-cache", std::process::id()));
+    let out = Command::new(PEARVISOR)
+        .args(["gpu-runtime", "path"])
+        .env("PEARVISOR_CACHE", &cache)
+        .output()
+        .expect("run pearvisor");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        err.trim(),
+        "pearvisor: no GPU runtime; run `pearvisor gpu-runtime build`"
+    );
+    let _ = std::fs::remove_dir_all(&cache);
+}
