@@ -8,6 +8,7 @@
 //! <cache>/apt/<suite>/          private apt configuration, package lists, apt's own cache
 //! <cache>/debs/                 downloaded .deb files
 //! <cache>/pkgs/<name>_<ver>/    extracted packages (dpkg-deb -x), never modified afterwards
+//! <cache>/gpu-userspace-<level>.json  the guest GPU userspace's packages resolved last
 //! <cache>/images/<key>/         built guest initramfs (initrd.img) + manifest.json, by input hash
 //! <cache>/gpu-runtime/          the host GPU runtime from sid (see crate::gpu_runtime)
 //! <cache>/tmp/                  scratch files of running builds and nested machines

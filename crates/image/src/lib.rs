@@ -17,7 +17,9 @@
 pub mod cache;
 pub mod cpio;
 pub mod debian;
+pub mod elf;
 pub mod gpu_runtime;
+pub mod gpu_userspace;
 pub mod init;
 pub mod modules;
 
@@ -33,7 +35,9 @@ use thiserror::Error;
 pub use cache::{Cache, CacheError, CacheLock};
 pub use cpio::{Compression, CpioError, Initramfs};
 pub use debian::{fetch_base, BasePackages, DebianError, FetchOptions, KernelPackage, PackageRef};
+pub use elf::ElfError;
 pub use gpu_runtime::{build_gpu_runtime, cached_gpu_runtime, GpuRuntime, GpuRuntimeOptions};
+pub use gpu_userspace::{GpuUserspace, GpuUserspaceError, GuestGpuFiles};
 pub use modules::{ModuleError, ModuleFile, ModuleIndex};
 
 /// The guest modules loaded by default, for PearVisor's virtio devices (block, rng, GPU,
@@ -53,7 +57,7 @@ pub const DEFAULT_GUEST_MODULES: &[&str] = &[
 ];
 
 /// Bumped whenever the image layout produced by this crate changes, to invalidate old images.
-const IMAGE_FORMAT: &str = "pv-image/1";
+const IMAGE_FORMAT: &str = "pv-image/2";
 
 /// Errors building an image.
 #[derive(Debug, Error)]
@@ -64,6 +68,8 @@ pub enum ImageError {
     Debian(#[from] DebianError),
     #[error("cannot resolve the guest kernel modules")]
     Modules(#[from] ModuleError),
+    #[error("cannot assemble the guest's GPU userspace")]
+    GpuUserspace(#[from] GpuUserspaceError),
     #[error("cannot write the initramfs")]
     Cpio(#[from] CpioError),
     #[error("cannot access {path}")]
@@ -83,10 +89,13 @@ pub struct GuestImage {
     pub initrd: PathBuf,
     /// The kernel release, e.g. `6.12.117+deb13-amd64`.
     pub kernel_version: String,
-    /// Debian package name → version of what the image is made of.
+    /// Debian package name → version of what the image is made of (the GPU userspace's
+    /// packages included).
     pub packages: BTreeMap<String, String>,
     /// The module files in the initramfs, in load order.
     pub modules: Vec<String>,
+    /// The GPU userspace it carries.
+    pub gpu_userspace: GpuUserspace,
 }
 
 /// What goes into the image.
@@ -106,6 +115,9 @@ pub struct ImageOptions {
     pub cache_dir: Option<PathBuf>,
     /// Compression of the initramfs (default gzip).
     pub compression: Compression,
+    /// The GPU userspace in the image (default [`GpuUserspace::Full`]: Venus Vulkan and
+    /// virgl GL; see [`gpu_userspace`]).
+    pub gpu_userspace: GpuUserspace,
     /// No progress lines on stderr.
     pub quiet: bool,
 }
@@ -122,6 +134,7 @@ impl Default for ImageOptions {
             kernel_package: None,
             cache_dir: None,
             compression: Compression::default(),
+            gpu_userspace: GpuUserspace::default(),
             quiet: false,
         }
     }
@@ -148,6 +161,7 @@ pub struct KeyInputs<'a> {
     pub init_script: &'a str,
     pub extra_files: &'a [(PathBuf, Vec<u8>, u32)],
     pub compression: Compression,
+    pub gpu_userspace: GpuUserspace,
 }
 
 /// The hex SHA-256 over everything that determines the initramfs's contents.
@@ -180,6 +194,7 @@ pub fn cache_key(inputs: &KeyInputs<'_>) -> String {
         field(content);
     }
     field(format!("{:?}", inputs.compression).as_bytes());
+    field(inputs.gpu_userspace.name().as_bytes());
     h.finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -216,17 +231,19 @@ pub fn busybox_skeleton(busybox: &Path) -> Result<Initramfs, CpioError> {
     Ok(fs)
 }
 
-/// The guest initramfs tree: [`busybox_skeleton`], modules with `load.list`, `/init`, extra
-/// files (which may replace anything else).
+/// The guest initramfs tree: [`busybox_skeleton`], modules with `load.list`, the GPU
+/// userspace, `/init`, extra files (which may replace anything else).
 pub fn guest_initramfs(
     busybox: &Path,
     modules: &[ModuleFile],
+    gpu: &GuestGpuFiles,
     init_script: &str,
     extra_files: &[(PathBuf, Vec<u8>, u32)],
 ) -> Result<Initramfs, ImageError> {
     let mut fs = busybox_skeleton(busybox)?;
     fs.dir(init::TESTS_DIR, 0o755)?;
     modules::add_to_initramfs(&mut fs, modules)?;
+    gpu.add_to(&mut fs)?;
     fs.file("/init", init_script, 0o755)?;
     for (dest, content, mode) in extra_files {
         fs.file(dest, content.clone(), *mode).map_err(|e| match e {
@@ -246,6 +263,7 @@ struct ImageManifest {
     modules: Vec<String>,
     extra_files: Vec<PathBuf>,
     compression: Compression,
+    gpu_userspace: GpuUserspace,
 }
 
 impl ImageBuilder {
@@ -307,6 +325,12 @@ impl ImageBuilder {
         self
     }
 
+    /// Sets how much GPU userspace the image carries.
+    pub fn gpu_userspace(mut self, level: GpuUserspace) -> Self {
+        self.opts.gpu_userspace = level;
+        self
+    }
+
     /// Silences progress lines.
     pub fn quiet(mut self, quiet: bool) -> Self {
         self.opts.quiet = quiet;
@@ -343,13 +367,16 @@ impl ImageBuilder {
         let modules = index.resolve(&opts.modules)?;
         let module_names: Vec<String> = modules.iter().map(|m| m.file_name.clone()).collect();
         let init_script = opts.init_script.as_deref().unwrap_or(init::DEFAULT_INIT);
-        let packages = base.versions();
+        let gpu = gpu_userspace::fetch_gpu_userspace(&cache, opts.gpu_userspace, opts.quiet)?;
+        let mut packages = base.versions();
+        packages.extend(gpu.packages.clone());
         let key = cache_key(&KeyInputs {
             packages: &packages,
             modules: &module_names,
             init_script,
             extra_files: &opts.extra_files,
             compression: opts.compression,
+            gpu_userspace: opts.gpu_userspace,
         });
         let dir = cache.path("images").join(&key[..16]);
         let initrd = dir.join("initrd.img");
@@ -360,6 +387,7 @@ impl ImageBuilder {
             kernel_version: base.kernel.release.clone(),
             packages: packages.clone(),
             modules: module_names.clone(),
+            gpu_userspace: opts.gpu_userspace,
         };
 
         let _lock = cache.lock()?;
@@ -375,13 +403,22 @@ impl ImageBuilder {
         }
         if !opts.quiet {
             eprintln!(
-                "image: building initramfs ({} modules, {} extra files)",
+                "image: building initramfs ({} modules, GPU userspace {}: {} files, {} MB; {} extra files)",
                 module_names.len(),
+                opts.gpu_userspace.name(),
+                gpu.files.len(),
+                gpu.size() / 1_000_000,
                 opts.extra_files.len()
             );
         }
         cache.ensure_dir(&dir)?;
-        let tree = guest_initramfs(&base.busybox, &modules, init_script, &opts.extra_files)?;
+        let tree = guest_initramfs(
+            &base.busybox,
+            &modules,
+            &gpu,
+            init_script,
+            &opts.extra_files,
+        )?;
         tree.write_file(&initrd, opts.compression)?;
         let manifest = ImageManifest {
             key,
@@ -391,6 +428,7 @@ impl ImageBuilder {
             modules: module_names,
             extra_files: opts.extra_files.iter().map(|f| f.0.clone()).collect(),
             compression: opts.compression,
+            gpu_userspace: opts.gpu_userspace,
         };
         debian::write_json(&manifest_path, &manifest)?;
         if !opts.quiet {
@@ -421,6 +459,7 @@ mod tests {
             init_script: init,
             extra_files: extra,
             compression: Compression::Gzip,
+            gpu_userspace: GpuUserspace::Full,
         })
     }
 
@@ -486,7 +525,14 @@ mod tests {
             b"true\n".to_vec(),
             0o755,
         )];
-        let tree = guest_initramfs(&bb, &mods, init::DEFAULT_INIT, &extra).unwrap();
+        let tree = guest_initramfs(
+            &bb,
+            &mods,
+            &GuestGpuFiles::default(),
+            init::DEFAULT_INIT,
+            &extra,
+        )
+        .unwrap();
         let out = dir.join("initrd.img");
         tree.write_file(&out, Compression::Gzip).unwrap();
         let entries = cpio::read_archive(&out).unwrap();
@@ -508,7 +554,7 @@ mod tests {
 
         let bad = [(PathBuf::from("../x"), Vec::new(), 0o644)];
         assert!(matches!(
-            guest_initramfs(&bb, &mods, "", &bad),
+            guest_initramfs(&bb, &mods, &GuestGpuFiles::default(), "", &bad),
             Err(ImageError::InvalidPath(_))
         ));
         fs::remove_dir_all(&dir).unwrap();

@@ -103,9 +103,31 @@ pub struct RunArgs {
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Download the Debian packages and build the default guest image (cached).
-    Build,
+    Build(ImageArgs),
     /// Print the default image's kernel and initrd paths (building it if needed).
-    Path,
+    Path(ImageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// The GPU userspace in the image: full (Venus Vulkan and virgl GL, about 70 MB more
+    /// compressed: Mesa's GL links LLVM), vulkan (Venus only, about 5 MB more) or none.
+    #[arg(long, value_name = "LEVEL", default_value = "full")]
+    pub gpu_userspace: pv_image::GpuUserspace,
+    /// The same as --gpu-userspace none.
+    #[arg(long, conflicts_with = "gpu_userspace")]
+    pub no_gpu_userspace: bool,
+}
+
+impl ImageArgs {
+    /// The GPU userspace level asked for.
+    pub fn level(&self) -> pv_image::GpuUserspace {
+        if self.no_gpu_userspace {
+            pv_image::GpuUserspace::None
+        } else {
+            self.gpu_userspace
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -51,14 +51,20 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Ctl(args) => Ok(ctl::run(&args)),
-        Command::Image(ImageCommand::Build) => {
-            let image = pv_image::build_default_image(Default::default())?;
+        Command::Image(ImageCommand::Build(args)) => {
+            let image = pv_image::build_default_image(pv_image::ImageOptions {
+                gpu_userspace: args.level(),
+                ..Default::default()
+            })?;
             println!("kernel: {}", image.kernel.display());
             println!("initrd: {}", image.initrd.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Image(ImageCommand::Path) => {
-            let image = pv_image::build_default_image(Default::default())?;
+        Command::Image(ImageCommand::Path(args)) => {
+            let image = pv_image::build_default_image(pv_image::ImageOptions {
+                gpu_userspace: args.level(),
+                ..Default::default()
+            })?;
             println!("{} {}", image.kernel.display(), image.initrd.display());
             Ok(ExitCode::SUCCESS)
         }

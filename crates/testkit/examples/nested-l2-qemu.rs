@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
-    let mut builder = pv_image::ImageBuilder::new().test_script(
+    let mut builder = pv_image::ImageBuilder::new()
+        .gpu_userspace(pv_image::GpuUserspace::None)
+        .test_script(
         "hello",
         "echo hello-from-l2 at $(cut -d' ' -f1 /proc/uptime); uname -r; hostname; lsmod | wc -l\n",
     );

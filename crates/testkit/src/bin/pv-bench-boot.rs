@@ -133,7 +133,11 @@ fn main() -> Result<()> {
     }
     let qemu = which("qemu-system-x86_64")
         .context("qemu-system-x86_64 is not installed (scripts/setup-host.sh)")?;
-    let image = pv_image::build_default_image(Default::default())?;
+    // Without the GPU userspace: the figures measure the VMM's boot, not unpacking Mesa.
+    let image = pv_image::build_default_image(pv_image::ImageOptions {
+        gpu_userspace: pv_image::GpuUserspace::None,
+        ..Default::default()
+    })?;
     let log = match host_virtualization() {
         HostVirt::Hardware => {
             let dir = std::env::temp_dir().join(format!("pv-bench-{}", std::process::id()));

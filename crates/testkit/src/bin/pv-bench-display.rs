@@ -408,6 +408,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
 fn guest_round_trips(rounds: usize, pearvisor: &Path) -> Result<GuestSamples> {
     let mut builder = ImageBuilder::new()
         .quiet(true)
+        .gpu_userspace(pv_image::GpuUserspace::None)
         .test_script("latency", GUEST_SCRIPT);
     for k in 1..=8 {
         builder = builder.extra_file(format!("/pv-lat/c{k}"), guest_marker(k), 0o644);
