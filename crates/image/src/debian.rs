@@ -114,6 +114,7 @@ pub struct Apt {
     dir: PathBuf,
     suite: String,
     quiet: bool,
+    label: &'static str,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DebianError + '_ {
@@ -156,7 +157,14 @@ impl Apt {
             dir,
             suite: suite.to_string(),
             quiet,
+            label: "image",
         })
+    }
+
+    /// Prefixes progress lines with `label` (default "image").
+    pub fn label(mut self, label: &'static str) -> Self {
+        self.label = label;
+        self
     }
 
     /// The suite this configuration fetches from.
@@ -199,7 +207,7 @@ impl Apt {
 
     fn say(&self, msg: &str) {
         if !self.quiet {
-            eprintln!("image: {msg}");
+            eprintln!("{}: {msg}", self.label);
         }
     }
 

@@ -297,7 +297,7 @@ pub fn build_gpu_runtime(opts: GpuRuntimeOptions) -> Result<GpuRuntime, ImageErr
     let _lock = cache.lock()?;
     let top = runtimes_dir(cache.root());
     cache.ensure_dir(&top)?;
-    let apt = Apt::new(&cache, GPU_RUNTIME_SUITE, opts.quiet)?;
+    let apt = Apt::new(&cache, GPU_RUNTIME_SUITE, opts.quiet)?.label("gpu-runtime");
     apt.update_if_stale()?;
     let packages = resolve(&apt, &top.join("resolved.json"))?;
     let key = runtime_key(&packages, opts.full);
