@@ -60,6 +60,10 @@ pub const ROOT_PACKAGES: &[&str] = &[
     "libegl1",
     "libegl-mesa0",
     "libgles2",
+    // libepoxy opens glvnd's libOpenGL.so.0 or libGL.so.1 for desktop GL
+    // (virgl); without them in the runtime it aborts on hosts that lack them.
+    "libopengl0",
+    "libgl1",
     "libgl1-mesa-dri",
     "mesa-libgallium",
 ];

@@ -5,6 +5,7 @@
 mod cli;
 mod console;
 mod ctl;
+mod gpu_host;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -363,6 +364,7 @@ fn gpu_inventory() -> GpuInventory {
 fn run(args: RunArgs) -> Result<ExitCode> {
     let config = build_config(&args)?;
     check_window_display(&config)?;
+    gpu_host::prepare(&config)?;
     let host = HostKvm::detect();
     if host != HostKvm::Hardware && !args.skip_host_check {
         bail!(

@@ -187,6 +187,71 @@ fn a_window_without_a_display_server_is_refused_before_booting() {
     let _ = std::fs::remove_file(kernel);
 }
 
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(PEARVISOR);
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run pearvisor");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--gpu context-types=...`: virglrenderer is checked before anything
+/// else. This host's own library is missing or too old (Debian 12 has 0.10),
+/// so PearVisor runs itself under the GPU runtime when there is one, and
+/// stops with what to install when there is none.
+#[test]
+fn a_3d_gpu_needs_virglrenderer_or_the_gpu_runtime() {
+    let kernel = temp("kernel-3d", &bzimage_header());
+    let kernel = kernel.to_str().unwrap();
+    let empty = std::env::temp_dir().join(format!("pv-cli-{}-nocache", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let empty = empty.to_str().unwrap();
+    let args = [
+        "run",
+        "--kernel",
+        kernel,
+        "--gpu",
+        "context-types=venus:virgl",
+    ];
+
+    // No runtime anywhere: the library's problem and what to do.
+    let (rc, err) = run_env(&args, &[("XDG_CACHE_HOME", empty), ("HOME", empty)]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("GPU acceleration is unavailable"), "{err}");
+    assert!(
+        err.contains("not found") || err.contains("too old") || err.contains("cannot be loaded"),
+        "{err}"
+    );
+    assert!(err.contains("pearvisor gpu-runtime build"), "{err}");
+    assert!(err.contains("libvirglrenderer1 >= 1.1"), "{err}");
+
+    // A runtime directory that is not one.
+    let (rc, err) = run_env(&args, &[("PEARVISOR_GPU_RUNTIME", empty)]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(err.contains("has no dynamic loader"), "{err}");
+
+    // The cached runtime (scripts/test.sh builds it): PearVisor says it runs
+    // under it, then goes on (and on this host stops at the host check or
+    // at the kernel).
+    let (_, err) = run(&args);
+    assert!(
+        err.contains("running under the GPU runtime at") && err.contains("virglrenderer 1."),
+        "{err}"
+    );
+    // A 2D GPU never needs virglrenderer.
+    let (_, err) = run_env(
+        &["run", "--kernel", kernel, "--gpu", ""],
+        &[("XDG_CACHE_HOME", empty), ("HOME", empty)],
+    );
+    assert!(!err.contains("virglrenderer"), "{err}");
+    let _ = std::fs::remove_dir_all(empty);
+}
+
 #[test]
 fn gpu_runtime_path_without_a_runtime_says_how_to_build_one() {
     let cache = std::env::temp_dir().join(format!("pv-cli-{}-empty-cache", std::process::id()));
