@@ -244,6 +244,12 @@ impl VirglBackend {
                             .renderer
                             .map_blob(resource_id)
                             .map_err(BackendError::Renderer)?;
+                        if m.size < size {
+                            // Reads below are bounded by the blob's size.
+                            let _ = self.renderer.unmap_blob(resource_id);
+                            self.scratch = scratch;
+                            return Err(BackendError::NotViewable(resource_id));
+                        }
                         if let Some(r) = self.resources.get_mut(&resource_id) {
                             r.host_map = Some(m.addr as usize);
                         }
