@@ -354,3 +354,240 @@ fn three_d_device_against_virglrenderer() {
     fe.shutdown();
     assert!(window.maps.lock().unwrap().is_empty());
 }
+
+/// Random 3D requests from a hostile guest — ids, capsets, sizes, offsets,
+/// boxes and command streams picked to hit edges — each gets a response of
+/// a valid type, and the device still serves afterwards.
+#[test]
+fn random_3d_requests_are_answered_and_the_device_survives() {
+    if !crate::virgl::testing::in_gpu_runtime(
+        "virtio_gpu::tests::three_d::random_3d_requests_are_answered_and_the_device_survives",
+    ) {
+        return;
+    }
+    use crate::virtio_gpu::adversarial::Rng;
+    let lib = Arc::new(VirglLibrary::load().expect("virglrenderer"));
+    let renderer = Renderer::new(
+        lib,
+        RendererOptions {
+            context_types: ContextTypes {
+                venus: true,
+                virgl: true,
+            },
+            gles: false,
+            server: crate::virgl::runtime::RuntimeLayout::active().map(|r| r.server_launcher()),
+        },
+    )
+    .expect("renderer");
+    let mem = Arc::new(mem());
+    let window = Arc::new(FakeWindow::default());
+    let params = GpuParams {
+        width: 320,
+        height: 240,
+        ..GpuParams::default()
+    };
+    let sink = Arc::new(RecordingSink::default());
+    let metrics = Arc::new(GpuMetrics::default());
+    let mut fe = Frontend::new(
+        Box::new(VirglBackend::new(
+            renderer,
+            mem.clone(),
+            16 << 20,
+            Some(window.clone() as Arc<dyn HostVisibleWindow>),
+        )),
+        DisplayControl::new(&params),
+        sink.clone(),
+        metrics.clone(),
+        true,
+    );
+    let mut d = Driver::new(&mem);
+    let mut rng = Rng::new(0x3d);
+    let valid = [
+        RESP_OK_NODATA,
+        RESP_OK_CAPSET_INFO,
+        RESP_OK_CAPSET,
+        RESP_OK_RESOURCE_UUID,
+        RESP_OK_MAP_INFO,
+        RESP_ERR_UNSPEC,
+        RESP_ERR_OUT_OF_MEMORY,
+        RESP_ERR_INVALID_SCANOUT_ID,
+        RESP_ERR_INVALID_RESOURCE_ID,
+        RESP_ERR_INVALID_CONTEXT_ID,
+        RESP_ERR_INVALID_PARAMETER,
+    ];
+    let mut seen = std::collections::BTreeMap::<u32, u32>::new();
+    for step in 0..3000 {
+        let ctx = rng.pick(&[0u32, 1, 2, 3, u32::MAX]);
+        let id = rng.pick(&[0u32, 1, 2, 3, 4, u32::MAX]);
+        let big = |rng: &mut Rng| rng.pick(&[0u32, 1, 7, 64, 4096, 1 << 20, u32::MAX]);
+        let r = match rng.below(14) {
+            0 => ctx_create(ctx, rng.pick(&[0u32, 1, 2, 4, 9, 0x104])),
+            1 => req(CMD_CTX_DESTROY, 0, 0, ctx, 0, &[]),
+            2 => {
+                let mut r = req(
+                    CMD_RESOURCE_CREATE_BLOB,
+                    0,
+                    0,
+                    ctx,
+                    0,
+                    &[
+                        id,
+                        rng.pick(&[0u32, 1, 2, 3, 4, 99]),
+                        rng.pick(&[0u32, 1, 3, 7]),
+                        0,
+                    ],
+                );
+                r.extend_from_slice(&rng.pick(&[0u64, 1, 5]).to_le_bytes());
+                r.extend_from_slice(
+                    &rng.pick(&[0u64, 1, 4096, 65536, 1 << 24, u64::MAX])
+                        .to_le_bytes(),
+                );
+                r
+            }
+            3 => map_blob(
+                id,
+                rng.pick(&[0u64, 4096, 0x10000, 0xfff, 1 << 20, u64::MAX & !4095]),
+            ),
+            4 => req(CMD_RESOURCE_UNMAP_BLOB, 0, 0, 0, 0, &[id, 0]),
+            5 => req(
+                CMD_RESOURCE_CREATE_3D,
+                0,
+                0,
+                ctx,
+                0,
+                &[
+                    id,
+                    rng.pick(&[0u32, 1, 2, 3, 4, 99]),
+                    rng.pick(&[0u32, 1, 2, 67, 1000]),
+                    big(&mut rng),
+                    big(&mut rng),
+                    big(&mut rng),
+                    rng.pick(&[0u32, 1, 2]),
+                    rng.pick(&[0u32, 1, 6]),
+                    rng.pick(&[0u32, 1, 31]),
+                    rng.pick(&[0u32, 4]),
+                    0,
+                    0,
+                ],
+            ),
+            6 | 7 => {
+                let t = if rng.one_in(2) {
+                    CMD_TRANSFER_TO_HOST_3D
+                } else {
+                    CMD_TRANSFER_FROM_HOST_3D
+                };
+                let mut r = req(
+                    t,
+                    0,
+                    0,
+                    ctx,
+                    0,
+                    &[
+                        big(&mut rng),
+                        0,
+                        0,
+                        big(&mut rng),
+                        big(&mut rng),
+                        rng.pick(&[0u32, 1]),
+                    ],
+                );
+                r.extend_from_slice(&rng.pick(&[0u64, 4096, u64::MAX]).to_le_bytes());
+                for f in [id, rng.pick(&[0u32, 1, 99]), big(&mut rng), big(&mut rng)] {
+                    r.extend_from_slice(&f.to_le_bytes());
+                }
+                r
+            }
+            8 => {
+                let n = rng.pick(&[0u32, 4, 64, 1024]);
+                let mut r = req(CMD_SUBMIT_3D, 0, 0, ctx, 0, &[n, 0]);
+                for _ in 0..n / 4 {
+                    r.extend_from_slice(&(rng.next() as u32).to_le_bytes());
+                }
+                r
+            }
+            9 => req(
+                rng.pick(&[CMD_CTX_ATTACH_RESOURCE, CMD_CTX_DETACH_RESOURCE]),
+                0,
+                0,
+                ctx,
+                0,
+                &[id, 0],
+            ),
+            10 => encode::resource_attach_backing(
+                id,
+                &[(
+                    rng.pick(&[BACKING, u64::MAX - 10, MEM_SIZE as u64]),
+                    big(&mut rng),
+                )],
+            ),
+            11 => encode::resource_unref(id),
+            12 => {
+                let mut r = req(
+                    CMD_SET_SCANOUT_BLOB,
+                    0,
+                    0,
+                    0,
+                    0,
+                    &[0, 0, big(&mut rng), big(&mut rng)],
+                );
+                for f in [
+                    rng.pick(&[0u32, 1, 17]),
+                    id,
+                    big(&mut rng),
+                    big(&mut rng),
+                    rng.pick(&[1u32, 2, 99]),
+                    0,
+                    big(&mut rng),
+                    0,
+                    0,
+                    0,
+                    big(&mut rng),
+                    0,
+                    0,
+                    0,
+                ] {
+                    r.extend_from_slice(&f.to_le_bytes());
+                }
+                r
+            }
+            _ => req(
+                rng.pick(&[
+                    CMD_GET_CAPSET,
+                    CMD_GET_CAPSET_INFO,
+                    CMD_RESOURCE_ASSIGN_UUID,
+                ]),
+                0,
+                0,
+                0,
+                0,
+                &[
+                    rng.pick(&[0u32, 1, 2, 4, 5, u32::MAX]),
+                    rng.pick(&[0u32, 1, 2]),
+                ],
+            ),
+        };
+        let (used, resp) = d.send(&mut fe, &r, 4096);
+        assert!(used as usize >= HDR_LEN, "step {step}: used {used}");
+        let t = rtype(&resp);
+        assert!(valid.contains(&t), "step {step}: response {t:#x}");
+        *seen.entry(t).or_default() += 1;
+    }
+    // Successes and every kind of refusal happened.
+    for t in [
+        RESP_OK_NODATA,
+        RESP_ERR_INVALID_RESOURCE_ID,
+        RESP_ERR_INVALID_CONTEXT_ID,
+        RESP_ERR_INVALID_PARAMETER,
+    ] {
+        assert!(
+            seen.get(&t).copied().unwrap_or(0) > 0,
+            "{t:#x} never answered: {seen:?}"
+        );
+    }
+    // The device still works: a fresh context and a capset.
+    assert_eq!(d.status(&mut fe, &ctx_create(100, 4)), RESP_OK_NODATA);
+    let r = d.cmd(&mut fe, &req(CMD_GET_CAPSET_INFO, 0, 0, 0, 0, &[2, 0]));
+    assert_eq!(rtype(&r), RESP_OK_CAPSET_INFO);
+    fe.shutdown();
+    assert!(window.maps.lock().unwrap().is_empty());
+}
