@@ -11,6 +11,18 @@ pub enum DisplayError {
     NoSuchDisplay { index: u32, count: u32 },
     #[error("display {0} shows nothing yet")]
     NothingShown(u32),
+    #[error("cannot resize display {0}: no GPU is connected to ask the guest")]
+    NoResizer(u32),
+    #[error("cannot resize display {scanout} to {width}x{height}: sizes go from {min} to {max} on a side")]
+    BadSize {
+        scanout: u32,
+        width: u32,
+        height: u32,
+        min: u32,
+        max: u32,
+    },
+    #[error("the GPU refused to resize display {scanout}: {reason}")]
+    ResizeRefused { scanout: u32, reason: String },
     #[error("cannot encode PNG")]
     Png(#[source] png::EncodingError),
     #[error("cannot listen on {addr}")]

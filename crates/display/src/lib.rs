@@ -5,7 +5,8 @@
 //! and the cursor. Sinks keep what they need: the headless store keeps the
 //! latest frame of each scanout for screenshots; the web viewer and the
 //! window show it live. Keyboard and mouse come back through [`InputSink`]
-//! (implemented by the virtio-input devices).
+//! (implemented by the virtio-input devices), and requests for a new display
+//! size go to the guest through [`ResizeSink`] (the virtio-gpu device).
 //!
 //! Everything here is independent of KVM and of virtio: frames are plain
 //! pixel buffers.
@@ -118,6 +119,17 @@ pub enum InputEvent {
 /// Delivers input to the guest (the virtio-input devices).
 pub trait InputSink: Send + Sync {
     fn send(&self, event: InputEvent);
+}
+
+/// Asks the guest for a new display size (implemented by the virtio-gpu
+/// device's display control). A viewer or window that wants the guest's
+/// screen to follow its size calls it through [`Display::request_size`];
+/// the guest switches when its driver reads the new mode, and the new mode
+/// then arrives through [`ScanoutSink::set_mode`] like any other.
+pub trait ResizeSink: Send + Sync {
+    /// Asks for `width` x `height` on `scanout`; the error says why not
+    /// (no such scanout, a size the device does not take).
+    fn request_size(&self, scanout: u32, width: u32, height: u32) -> Result<(), String>;
 }
 
 pub mod compose;

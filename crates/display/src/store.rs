@@ -10,6 +10,11 @@
 //! together, cursors up to [`MAX_CURSOR_DIMENSION`] on a side; anything
 //! larger is refused with a warning and leaves the scanout as it was.
 //!
+//! Resizing: [`Display::request_size`] passes a viewer's wish for a new
+//! size to the [`ResizeSink`] connected with [`Display::connect_resizer`]
+//! (the running machine's GPU); the store's mode changes only when the guest
+//! switches.
+//!
 //! Locks: one per scanout (the GPU worker updating scanout 0 does not wait
 //! for a viewer reading scanout 1), one for the subscriber list, one per
 //! subscriber's pending changes; a scanout's lock is never held while
@@ -22,7 +27,7 @@ use crate::compose::composite_cursor;
 use crate::convert::row_to_rgba;
 use crate::damage::{clip, DamageSet};
 use crate::encode::png_from_rgba;
-use crate::{CursorImage, DisplayError, FrameView, Rect, ScanoutSink};
+use crate::{CursorImage, DisplayError, FrameView, Rect, ResizeSink, ScanoutSink};
 
 /// The most scanouts a display has (virtio-gpu's limit).
 pub const MAX_SCANOUTS: u32 = 16;
@@ -32,6 +37,10 @@ pub const MAX_DIMENSION: u32 = 16384;
 pub const MAX_TOTAL_PIXELS: u64 = 16384 * 16384;
 /// The largest width or height of a cursor image.
 pub const MAX_CURSOR_DIMENSION: u32 = 512;
+/// The smallest width or height [`Display::request_size`] asks for.
+pub const MIN_REQUEST_DIMENSION: u32 = 32;
+/// The largest width or height [`Display::request_size`] asks for.
+pub const MAX_REQUEST_DIMENSION: u32 = 8192;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -167,6 +176,7 @@ pub struct Display {
     pixel_budget: u64,
     pixels_held: AtomicU64,
     subscribers: Mutex<Vec<Weak<Shared>>>,
+    resizer: Mutex<Option<Arc<dyn ResizeSink>>>,
 }
 
 impl std::fmt::Debug for Display {
@@ -195,6 +205,7 @@ impl Display {
             pixel_budget: pixels.min(MAX_TOTAL_PIXELS),
             pixels_held: AtomicU64::new(0),
             subscribers: Mutex::new(Vec::new()),
+            resizer: Mutex::new(None),
         }
     }
 
@@ -276,6 +287,52 @@ impl Display {
     pub fn screenshot(&self, scanout: u32) -> Result<Vec<u8>, DisplayError> {
         let frame = self.composited_frame(scanout)?;
         png_from_rgba(frame.width, frame.height, &frame.rgba)
+    }
+
+    /// Connects the GPU that [`Display::request_size`] asks (None
+    /// disconnects it: the machine is gone). A machine connects its GPU when
+    /// it is built, so after a reboot requests go to the new one.
+    pub fn connect_resizer(&self, resizer: Option<Arc<dyn ResizeSink>>) {
+        *lock(&self.resizer) = resizer;
+    }
+
+    /// Disconnects `resizer` if it is the one connected (a machine going
+    /// away leaves its successor's GPU connected).
+    pub fn disconnect_resizer(&self, resizer: &Arc<dyn ResizeSink>) {
+        let mut connected = lock(&self.resizer);
+        if connected.as_ref().is_some_and(|r| Arc::ptr_eq(r, resizer)) {
+            *connected = None;
+        }
+    }
+
+    /// Whether a GPU is connected to take size requests.
+    pub fn has_resizer(&self) -> bool {
+        lock(&self.resizer).is_some()
+    }
+
+    /// Asks the guest to show `width` x `height` on `scanout` (a window or
+    /// viewer the user resized). Each side must be within
+    /// [`MIN_REQUEST_DIMENSION`]..=[`MAX_REQUEST_DIMENSION`]. The mode here
+    /// changes only once the guest switches (`set_mode` from the GPU).
+    pub fn request_size(&self, scanout: u32, width: u32, height: u32) -> Result<(), DisplayError> {
+        self.scanout(scanout)?;
+        let ok = |v: u32| (MIN_REQUEST_DIMENSION..=MAX_REQUEST_DIMENSION).contains(&v);
+        if !ok(width) || !ok(height) {
+            return Err(DisplayError::BadSize {
+                scanout,
+                width,
+                height,
+                min: MIN_REQUEST_DIMENSION,
+                max: MAX_REQUEST_DIMENSION,
+            });
+        }
+        // Not called under the lock: the GPU takes its own.
+        let resizer = lock(&self.resizer)
+            .clone()
+            .ok_or(DisplayError::NoResizer(scanout))?;
+        resizer
+            .request_size(scanout, width, height)
+            .map_err(|reason| DisplayError::ResizeRefused { scanout, reason })
     }
 
     /// Subscribes to changes. `wake` is called (from whichever thread made

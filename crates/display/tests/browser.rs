@@ -2,7 +2,8 @@
 //! chromedriver (pv-testkit's WebDriver client). The
 //! page's canvas must equal the screenshot, pixel for pixel, through both
 //! raw and PNG rectangles; keys typed and mouse moves and clicks in the
-//! page must reach the input sink.
+//! page must reach the input sink; with "fit guest to window" on, the
+//! guest must be asked for the size of the page's canvas area.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (scripts/setup-host.sh
 //! installs them); fails without them.
@@ -11,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pv_display::{
-    CursorImage, Display, FrameView, InputEvent, InputSink, PixelFormat, Rect, ScanoutSink,
-    WebViewer,
+    CursorImage, Display, FrameView, InputEvent, InputSink, PixelFormat, Rect, ResizeSink,
+    ScanoutSink, WebViewer,
 };
 use pv_testkit::webdriver::{Browser, TIMEOUT};
 use serde_json::json;
@@ -262,5 +263,154 @@ fn the_page_draws_the_screen_and_sends_input() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    viewer.stop();
+}
+
+/// A `ResizeSink` that records what the guest is asked.
+#[derive(Default)]
+struct Resizes(Mutex<Vec<(u32, u32, u32)>>);
+
+impl ResizeSink for Resizes {
+    fn request_size(&self, scanout: u32, width: u32, height: u32) -> Result<(), String> {
+        self.0.lock().unwrap().push((scanout, width, height));
+        Ok(())
+    }
+}
+
+impl Resizes {
+    fn take(&self) -> Vec<(u32, u32, u32)> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+
+    /// Waits for a request, then for the page's debounce to pass, and
+    /// takes everything asked.
+    fn wait(&self, what: &str) -> Vec<(u32, u32, u32)> {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.0.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "{what}: nothing asked");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(QUIET);
+        self.take()
+    }
+
+    /// Nothing is asked for a while (longer than the page's debounce).
+    fn expect_none(&self, what: &str) {
+        std::thread::sleep(QUIET);
+        assert_eq!(self.take(), vec![], "{what}");
+    }
+}
+
+/// Longer than the page waits before asking (300 ms).
+const QUIET: Duration = Duration::from_millis(900);
+
+/// The room below the page's header, less the screens' padding (8 px on
+/// the sides and below, 22 px above for the label), in device pixels
+/// (the browser runs at scale factor 1): measured from the window's
+/// inner size, so scroll bars would show as a mismatch.
+fn canvas_area(b: &Browser) -> (u32, u32) {
+    let v = b
+        .script(
+            "const header = document.querySelector('header').getBoundingClientRect();
+             return [window.innerWidth - 16, window.innerHeight - Math.round(header.bottom) - 30];",
+        )
+        .unwrap();
+    let n = |i: usize| v[i].as_u64().unwrap() as u32;
+    (n(0), n(1))
+}
+
+fn set_window(b: &Browser, width: u32, height: u32) {
+    b.cmd(
+        "POST",
+        "/window/rect",
+        Some(json!({"width": width, "height": height})),
+    )
+    .unwrap();
+}
+
+#[test]
+fn fit_guest_to_window_asks_the_guest_for_the_canvas_area() {
+    let display = Arc::new(Display::new(1));
+    display.set_mode(0, Some((320, 200)));
+    push(&display, 320, 200, 0x40, Rect::new(0, 0, 320, 200));
+    let resizes = Arc::new(Resizes::default());
+    display.connect_resizer(Some(resizes.clone() as Arc<dyn ResizeSink>));
+    let viewer = WebViewer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        display.clone(),
+        Some(Arc::new(Recorder::default()) as Arc<dyn InputSink>),
+    )
+    .unwrap();
+    let url = format!("http://{}/", viewer.local_addr());
+    let b = Browser::start().unwrap();
+    b.navigate(&url).unwrap();
+    wait_canvas_equals_screenshot(&b, &display, 320, 200, "first frame");
+
+    // Off by default: the guest keeps its size.
+    let checked = || {
+        b.script("return document.getElementById('fit-guest').checked;")
+            .unwrap()
+    };
+    assert_eq!(checked(), json!(false));
+    resizes.expect_none("fit guest is off by default");
+
+    // On: the guest is asked for the canvas area.
+    b.click(&b.element("#fit-guest").unwrap()).unwrap();
+    let (w, h) = canvas_area(&b);
+    assert_eq!(
+        b.script("return window.pvCanvasArea();").unwrap(),
+        json!({"width": w, "height": h})
+    );
+    assert_eq!(resizes.wait("turned on"), vec![(0, w, h)]);
+
+    // The browser window resized: once, for the new area.
+    set_window(&b, 1000, 720);
+    b.wait_script(
+        "the window resized",
+        "return window.innerWidth > 900;",
+        TIMEOUT,
+    )
+    .unwrap();
+    let (w2, h2) = canvas_area(&b);
+    assert!(w2 > w && h2 > h, "{w2}x{h2} after {w}x{h}");
+    assert_eq!(resizes.wait("the window resized"), vec![(0, w2, h2)]);
+
+    // The guest switches: the canvas fills the area 1:1, no scroll bars,
+    // and nothing more is asked.
+    display.set_mode(0, Some((w2, h2)));
+    push(&display, w2, h2, 0x22, Rect::new(0, 0, w2, h2));
+    wait_canvas_equals_screenshot(&b, &display, w2, h2, "the guest at the window's size");
+    let [_, _, cw, ch] = b.rect_of("#display-0").unwrap();
+    assert_eq!((cw, ch), (f64::from(w2), f64::from(h2)), "shown 1:1");
+    assert_eq!(
+        b.script(
+            "const de = document.documentElement;
+             return de.scrollWidth <= de.clientWidth && de.scrollHeight <= de.clientHeight;"
+        )
+        .unwrap(),
+        json!(true),
+        "no scroll bars"
+    );
+    assert_eq!(canvas_area(&b), (w2, h2));
+    resizes.expect_none("the guest fits");
+
+    // Remembered across a reload; the guest already fits, nothing asked.
+    b.navigate(&url).unwrap();
+    wait_canvas_equals_screenshot(&b, &display, w2, h2, "after the reload");
+    assert_eq!(checked(), json!(true));
+    resizes.expect_none("reloaded with the guest fitting");
+
+    // Off: resizing the window asks nothing.
+    b.click(&b.element("#fit-guest").unwrap()).unwrap();
+    assert_eq!(checked(), json!(false));
+    set_window(&b, 800, 600);
+    b.wait_script(
+        "the window resized back",
+        "return window.innerWidth < 900;",
+        TIMEOUT,
+    )
+    .unwrap();
+    resizes.expect_none("fit guest is off");
+    drop(b);
     viewer.stop();
 }

@@ -11,8 +11,8 @@ use pv_display::web::protocol::{
     ServerText, ENCODING_PNG, ENCODING_RAW, HEADER_LEN, KIND_CURSOR, KIND_RECT,
 };
 use pv_display::{
-    CursorImage, Display, FrameView, InputEvent, InputSink, PixelFormat, Rect, ScanoutSink,
-    WebViewer,
+    CursorImage, Display, FrameView, InputEvent, InputSink, PixelFormat, Rect, ResizeSink,
+    ScanoutSink, WebViewer,
 };
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -409,6 +409,101 @@ async fn input_reaches_the_sink_and_is_released_on_disconnect() {
         ]
     );
     wait_until(|| viewer.viewers() == 0);
+}
+
+/// A `ResizeSink` that records what the guest is asked.
+#[derive(Default)]
+struct Resizes(Mutex<Vec<(u32, u32, u32)>>);
+
+impl ResizeSink for Resizes {
+    fn request_size(&self, scanout: u32, width: u32, height: u32) -> Result<(), String> {
+        self.0.lock().unwrap().push((scanout, width, height));
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn resize_requests_reach_the_gpu_and_bad_ones_do_not() {
+    let (display, recorder, viewer) = setup(64, 48);
+    let resizes = Arc::new(Resizes::default());
+    display.connect_resizer(Some(resizes.clone() as Arc<dyn ResizeSink>));
+    let mut ws = connect(&viewer, "").await;
+    hello(&mut ws).await;
+    batch(&mut ws).await;
+    for m in [
+        r#"{"type":"resize","scanout":0,"width":1000,"height":700}"#,
+        // Ignored: unknown scanout, out of range, not u32s, incomplete.
+        r#"{"type":"resize","scanout":1,"width":1000,"height":700}"#,
+        r#"{"type":"resize","scanout":0,"width":31,"height":700}"#,
+        r#"{"type":"resize","scanout":0,"width":1000,"height":8193}"#,
+        r#"{"type":"resize","scanout":0,"width":-1000,"height":700}"#,
+        r#"{"type":"resize","scanout":0,"width":1e9,"height":700}"#,
+        r#"{"type":"resize","scanout":0,"width":1000}"#,
+        r#"{"type":"resize","scanout":0,"width":8192,"height":32}"#,
+        // Input still flows after all that.
+        r#"{"type":"key","code":30,"pressed":true}"#,
+    ] {
+        ws.send(Message::Text(m.into())).await.unwrap();
+    }
+    recorder.wait_for(1);
+    assert_eq!(
+        *resizes.0.lock().unwrap(),
+        vec![(0, 1000, 700), (0, 8192, 32)]
+    );
+    // The mode changes only when the guest switches.
+    assert_eq!(display.mode(0), Some((64, 48)));
+    // Without a GPU connected, a request is ignored (and the viewer stays).
+    display.connect_resizer(None);
+    ws.send(Message::Text(
+        r#"{"type":"resize","scanout":0,"width":640,"height":480}"#.into(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::Text(
+        r#"{"type":"key","code":30,"pressed":false}"#.into(),
+    ))
+    .await
+    .unwrap();
+    recorder.wait_for(2);
+    assert_eq!(resizes.0.lock().unwrap().len(), 2);
+    assert_eq!(viewer.viewers(), 1);
+}
+
+/// Reads messages up to a sync, without acknowledging it; its number.
+async fn until_sync(ws: &mut Ws) -> u64 {
+    loop {
+        if let Msg::Text(ServerText::Sync { seq }) = recv(ws).await.expect("connection closed") {
+            return seq;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_view_only_viewer_cannot_resize_the_guest() {
+    let display = Arc::new(Display::new(1));
+    display.set_mode(0, Some((64, 48)));
+    let resizes = Arc::new(Resizes::default());
+    display.connect_resizer(Some(resizes.clone() as Arc<dyn ResizeSink>));
+    let viewer = WebViewer::start(loopback(), display.clone(), None).unwrap();
+    let mut ws = connect(&viewer, "").await;
+    hello(&mut ws).await;
+    // Two batches unacknowledged: the server waits for an ack before the
+    // third, so once the third arrives, the resize sent before the ack was
+    // read.
+    assert_eq!(until_sync(&mut ws).await, 1);
+    push(&display, 64, 48, 2, Rect::new(0, 0, 4, 4));
+    assert_eq!(until_sync(&mut ws).await, 2);
+    push(&display, 64, 48, 3, Rect::new(0, 0, 4, 4));
+    ws.send(Message::Text(
+        r#"{"type":"resize","scanout":0,"width":640,"height":480}"#.into(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::Text(r#"{"type":"ack","seq":1}"#.into()))
+        .await
+        .unwrap();
+    assert_eq!(until_sync(&mut ws).await, 3);
+    assert!(resizes.0.lock().unwrap().is_empty());
 }
 
 fn wait_until(mut f: impl FnMut() -> bool) {

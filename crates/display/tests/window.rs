@@ -16,9 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pv_display::window::scale::Viewport;
+use pv_display::window::RESIZE_SETTLE;
 use pv_display::{
-    CursorImage, Display, FrameView, InputEvent, InputSink, PixelFormat, Rect, ScanoutSink,
-    WindowViewer,
+    CursorImage, Display, FrameView, InputEvent, InputSink, PixelFormat, Rect, ResizeSink,
+    ScanoutSink, WindowViewer,
 };
 
 /// Set in the child: the X display it runs against.
@@ -565,6 +566,104 @@ fn window_sends_keyboard_and_mouse() {
         input.expect("Ctrl released with the focus", &[key(29, false)]);
         xdotool(&["keyup", "ctrl"]);
 
+        viewer.stop();
+    });
+}
+
+/// A `ResizeSink` that records what the guest is asked (a GPU whose guest
+/// never switches by itself).
+#[derive(Default)]
+struct Resizes(Mutex<Vec<(u32, u32, u32)>>);
+
+impl ResizeSink for Resizes {
+    fn request_size(&self, scanout: u32, width: u32, height: u32) -> Result<(), String> {
+        self.0.lock().unwrap().push((scanout, width, height));
+        Ok(())
+    }
+}
+
+impl Resizes {
+    fn take(&self) -> Vec<(u32, u32, u32)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    /// Nothing is asked for a while (several settling delays).
+    fn expect_none(&self, what: &str) {
+        std::thread::sleep(RESIZE_SETTLE * 4);
+        assert_eq!(self.take(), vec![], "{what}");
+    }
+}
+
+#[test]
+fn resizing_the_window_asks_the_guest_once() {
+    under_xvfb("resizing_the_window_asks_the_guest_once", || {
+        let display = Arc::new(Display::new(1));
+        show_pattern(&display, 0, 320, 200);
+        let resizes = Arc::new(Resizes::default());
+        display.connect_resizer(Some(resizes.clone() as Arc<dyn ResizeSink>));
+        let viewer = WindowViewer::start(display.clone(), None, None).expect("open the window");
+        let id = window_id(0);
+        wait_for_picture("the pattern", &id, (320, 200), pattern);
+        resizes.expect_none("a window opened at the guest's mode asks nothing");
+
+        // A drag: a size every ~30 ms (well inside the settling delay,
+        // each one drawn), then one request, for the last.
+        for (w, h) in [
+            ("400", "250"),
+            ("500", "300"),
+            ("600", "340"),
+            ("640", "360"),
+        ] {
+            xdotool(&["windowsize", &id, w, h]);
+            std::thread::sleep(RESIZE_SETTLE / 5);
+        }
+        wait_for("the request", || !resizes.0.lock().unwrap().is_empty());
+        std::thread::sleep(RESIZE_SETTLE * 4);
+        assert_eq!(
+            resizes.take(),
+            vec![(0, 640, 360)],
+            "one request, debounced"
+        );
+
+        // Until the guest switches, the picture is letterboxed.
+        let vp = Viewport::fit((320, 200), (640, 360)).unwrap();
+        wait_for_picture("the letterboxed picture", &id, (640, 360), |x, y| {
+            if x < vp.x || x >= vp.x + vp.width || y < vp.y || y >= vp.y + vp.height {
+                return [0, 0, 0];
+            }
+            let (sx, sy) = vp.to_scanout(f64::from(x), f64::from(y));
+            pattern(sx, sy)
+        });
+
+        // The guest switches to the size asked: shown 1:1, nothing asked.
+        show_pattern(&display, 0, 640, 360);
+        wait_for_picture("the guest's new mode", &id, (640, 360), pattern);
+        resizes.expect_none("the guest took the window's size");
+
+        // The guest changes its mode by itself: the window follows and does
+        // not ask the guest back (no feedback loop).
+        show_pattern(&display, 0, 300, 180);
+        wait_for_picture("the guest's own mode", &id, (300, 180), pattern);
+        resizes.expect_none("the window followed the guest");
+
+        // Resized again, and back before the guest answered: the request
+        // is taken back.
+        xdotool(&["windowsize", &id, "500", "280"]);
+        wait_for("the second request", || {
+            !resizes.0.lock().unwrap().is_empty()
+        });
+        assert_eq!(resizes.take(), vec![(0, 500, 280)]);
+        xdotool(&["windowsize", &id, "300", "180"]);
+        wait_for("the request taken back", || {
+            !resizes.0.lock().unwrap().is_empty()
+        });
+        assert_eq!(resizes.take(), vec![(0, 300, 180)]);
+        // A tiny window asks for the smallest display.
+        xdotool(&["windowsize", &id, "20", "10"]);
+        wait_for("the clamped request", || {
+            !resizes.0.lock().unwrap().is_empty()
+        });
+        assert_eq!(resizes.take(), vec![(0, 32, 32)]);
         viewer.stop();
     });
 }

@@ -266,6 +266,7 @@ impl Screens {
         DisplaySetup {
             sink: self.display.clone(),
             with_input: self.takes_input,
+            resizes: Some(self.display.clone()),
         }
     }
 

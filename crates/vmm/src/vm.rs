@@ -22,8 +22,8 @@ use pv_devices::virtio::pci::{ShmBar, VirtioPciDevice, BAR_SIZE};
 use pv_devices::virtio::rng::Rng;
 use pv_devices::virtio::shm::MAX_SHM_BAR_SIZE;
 use pv_devices::virtio::VirtioDevice;
-use pv_display::{InputEvent, InputSink, ScanoutSink};
-use pv_gpu::virtio_gpu::VirtioGpu;
+use pv_display::{Display, InputEvent, InputSink, ResizeSink, ScanoutSink};
+use pv_gpu::virtio_gpu::{DisplayControl, VirtioGpu};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -171,6 +171,8 @@ pub struct Machine {
     vcpu_control: Arc<VcpuControl>,
     pci_devices: Vec<Arc<Mutex<VirtioPciDevice>>>,
     input: Option<Arc<InputRouter>>,
+    /// Keeps the display's size requests going to this machine's GPU.
+    _resizer: Option<ResizerLink>,
 }
 
 /// Where a GPU's scanouts go, and whether keyboard and mouse come back
@@ -178,6 +180,34 @@ pub struct Machine {
 pub struct DisplaySetup {
     pub sink: Arc<dyn ScanoutSink>,
     pub with_input: bool,
+    /// The display whose size requests (a window or viewer the user
+    /// resized: [`Display::request_size`]) go to the guest through this
+    /// machine's GPU: connected when the machine is built, disconnected
+    /// when it goes, so after a reboot they reach the new device. None:
+    /// the guest's display size is only its own.
+    pub resizes: Option<Arc<Display>>,
+}
+
+/// A GPU connected to a display's size requests; disconnected when
+/// dropped (with the machine, or a build that failed after it).
+pub struct ResizerLink {
+    display: Arc<Display>,
+    resizer: Arc<dyn ResizeSink>,
+}
+
+impl ResizerLink {
+    /// Connects `control` (a GPU's) to `display`'s size requests.
+    pub fn connect(display: Arc<Display>, control: DisplayControl) -> Self {
+        let resizer: Arc<dyn ResizeSink> = Arc::new(control);
+        display.connect_resizer(Some(resizer.clone()));
+        Self { display, resizer }
+    }
+}
+
+impl Drop for ResizerLink {
+    fn drop(&mut self) {
+        self.display.disconnect_resizer(&self.resizer);
+    }
 }
 
 /// Sends viewer input to the keyboard and the tablet (each takes its own;
@@ -498,6 +528,7 @@ impl Machine {
             virtio.push((name, Box::new(block)));
         }
         let mut input = None;
+        let mut resizer = None;
         if let Some(params) = &config.gpu {
             let Some(display) = display else {
                 return Err(VmError::Device {
@@ -525,6 +556,10 @@ impl Machine {
                 name: "virtio-gpu".into(),
                 source: Box::new(e),
             })?;
+            resizer = display
+                .resizes
+                .clone()
+                .map(|d| ResizerLink::connect(d, gpu.display_control()));
             virtio.push(("virtio-gpu".into(), Box::new(gpu)));
             for (name, dev) in input_devices {
                 virtio.push((name, Box::new(dev)));
@@ -635,6 +670,7 @@ impl Machine {
             vcpu_control: VcpuControl::new(),
             pci_devices,
             input,
+            _resizer: resizer,
         })
     }
 
@@ -894,6 +930,44 @@ mod tests {
         assert_eq!(b.alloc(0x1000), None, "past the window");
         let mut edge = BarAllocator::new(u64::MAX - 0xfff, 0x1000);
         assert_eq!(edge.alloc(0x2000), None, "no overflow");
+    }
+
+    #[test]
+    fn size_requests_go_to_the_running_machines_gpu() {
+        let display = Arc::new(Display::new(1));
+        let gpu = || {
+            VirtioGpu::new(
+                pv_gpu::virtio_gpu::GpuParams::default(),
+                display.clone() as Arc<dyn ScanoutSink>,
+            )
+            .unwrap()
+            .display_control()
+        };
+        let (first, second) = (gpu(), gpu());
+        let default = first.mode(0).unwrap();
+        let link = ResizerLink::connect(display.clone(), first.clone());
+        display.request_size(0, 1000, 700).unwrap();
+        assert_eq!(first.mode(0), Some((1000, 700)));
+        // The machine goes: nothing to ask until the next one is built.
+        drop(link);
+        assert!(matches!(
+            display.request_size(0, 900, 600),
+            Err(pv_display::DisplayError::NoResizer(0))
+        ));
+        // The rebooted machine's new GPU gets the requests.
+        let link = ResizerLink::connect(display.clone(), second.clone());
+        display.request_size(0, 900, 600).unwrap();
+        assert_eq!(second.mode(0), Some((900, 600)));
+        assert_eq!(first.mode(0), Some((1000, 700)));
+        // An old link going late leaves the new one connected.
+        let stale = ResizerLink::connect(display.clone(), first.clone());
+        let current = ResizerLink::connect(display.clone(), second.clone());
+        drop(stale);
+        assert!(display.has_resizer());
+        drop(current);
+        drop(link);
+        assert!(!display.has_resizer());
+        assert_ne!(default, (900, 600));
     }
 
     #[test]

@@ -411,3 +411,94 @@ fn updates_from_another_thread_reach_a_subscriber() {
     }
     t.join().unwrap();
 }
+
+/// A `ResizeSink` that records requests and refuses `refuse`.
+#[derive(Default)]
+struct Resizes {
+    got: Mutex<Vec<(u32, u32, u32)>>,
+    refuse: Option<(u32, u32)>,
+}
+
+impl ResizeSink for Resizes {
+    fn request_size(&self, scanout: u32, width: u32, height: u32) -> Result<(), String> {
+        if self.refuse == Some((width, height)) {
+            return Err("no".into());
+        }
+        lock(&self.got).push((scanout, width, height));
+        Ok(())
+    }
+}
+
+#[test]
+fn size_requests_go_to_the_connected_gpu() {
+    let d = Display::new(2);
+    assert!(!d.has_resizer());
+    let err = d.request_size(0, 800, 600).unwrap_err();
+    assert!(matches!(err, DisplayError::NoResizer(0)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "cannot resize display 0: no GPU is connected to ask the guest"
+    );
+
+    let gpu = Arc::new(Resizes {
+        refuse: Some((999, 999)),
+        ..Default::default()
+    });
+    d.connect_resizer(Some(gpu.clone()));
+    assert!(d.has_resizer());
+    d.request_size(1, 800, 600).unwrap();
+    d.request_size(0, 32, 8192).unwrap();
+    d.request_size(0, 8192, 32).unwrap();
+    // The store's mode changes only when the guest switches.
+    assert_eq!(d.mode(1), None);
+
+    for (w, h) in [
+        (31, 600),
+        (800, 31),
+        (0, 0),
+        (8193, 600),
+        (800, 8193),
+        (u32::MAX, u32::MAX),
+    ] {
+        let err = d.request_size(0, w, h).unwrap_err();
+        assert!(
+            matches!(err, DisplayError::BadSize { .. }),
+            "{w}x{h}: {err:?}"
+        );
+    }
+    assert_eq!(
+        d.request_size(0, 10, 600).unwrap_err().to_string(),
+        "cannot resize display 0 to 10x600: sizes go from 32 to 8192 on a side"
+    );
+    assert!(matches!(
+        d.request_size(2, 800, 600),
+        Err(DisplayError::NoSuchDisplay { index: 2, count: 2 })
+    ));
+    assert!(matches!(
+        d.request_size(u32::MAX, 800, 600),
+        Err(DisplayError::NoSuchDisplay { .. })
+    ));
+    let err = d.request_size(1, 999, 999).unwrap_err();
+    assert_eq!(err.to_string(), "the GPU refused to resize display 1: no");
+    assert_eq!(
+        *lock(&gpu.got),
+        vec![(1, 800, 600), (0, 32, 8192), (0, 8192, 32)]
+    );
+
+    // Another GPU's disconnection leaves this one connected.
+    let other: Arc<dyn ResizeSink> = Arc::new(Resizes::default());
+    d.disconnect_resizer(&other);
+    assert!(d.has_resizer());
+    // Disconnected (the machine is gone): refused again.
+    d.disconnect_resizer(&(gpu.clone() as Arc<dyn ResizeSink>));
+    assert!(!d.has_resizer());
+    assert!(matches!(
+        d.request_size(0, 800, 600),
+        Err(DisplayError::NoResizer(0))
+    ));
+    assert_eq!(lock(&gpu.got).len(), 3);
+    d.connect_resizer(Some(gpu.clone()));
+    assert!(d.has_resizer());
+    d.connect_resizer(None);
+    assert!(!d.has_resizer());
+}

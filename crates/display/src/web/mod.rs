@@ -2,7 +2,8 @@
 //! `display-web`, with a current-thread tokio runtime. `GET /` is a page
 //! embedded in the binary with a canvas per scanout; `GET /ws` is a
 //! WebSocket that streams the scanouts ([`protocol`]) and takes keyboard
-//! and mouse input for the guest; `GET /screenshot.png?display=N` is the
+//! and mouse input for the guest and, when the page fits the guest to its
+//! window, requests for a new display size ([`Display::request_size`]); `GET /screenshot.png?display=N` is the
 //! same PNG as the API's screenshot.
 //!
 //! Each viewer is a [`Subscription`] to the [`Display`]: a task waits for
@@ -438,6 +439,21 @@ async fn fetch(
     job.await.unwrap_or_default()
 }
 
+/// A viewer's "fit guest to window": the guest is asked for the size (a
+/// view-only viewer does not change the guest).
+fn request_size(ctx: &Ctx, scanout: u32, width: u32, height: u32) {
+    if ctx.input.is_none() {
+        log::debug!(
+            "display: a view-only viewer asked for {width}x{height} on display {scanout}, ignored"
+        );
+        return;
+    }
+    match ctx.display.request_size(scanout, width, height) {
+        Ok(()) => log::debug!("display {scanout}: a viewer asks the guest for {width}x{height}"),
+        Err(e) => log::debug!("display: a viewer's resize ignored: {e}"),
+    }
+}
+
 async fn viewer<S>(ws: WebSocketStream<S>, ctx: Arc<Ctx>, policy: EncodingPolicy)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -499,6 +515,11 @@ where
                         });
                     }
                     Ok(ClientMessage::Input(ev)) => input.handle(ev),
+                    Ok(ClientMessage::Resize {
+                        scanout,
+                        width,
+                        height,
+                    }) => request_size(&ctx, scanout, width, height),
                     Err(e) => log::debug!("display: viewer sent something else: {e}"),
                 },
                 Ok(Message::Close(_)) => break,

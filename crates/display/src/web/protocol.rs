@@ -2,18 +2,28 @@
 //! description): server→client JSON text messages for control (hello,
 //! mode, cursor position, sync) and binary messages for pixels (a 20-byte
 //! little-endian header, then raw RGBA8 or a PNG); client→server JSON text
-//! messages, each an [`InputEvent`] or an acknowledgement of a sync.
+//! messages, each an [`InputEvent`], an acknowledgement of a sync, or a
+//! request for a new display size (the page's "fit guest to window").
 //!
 //! Flow control: after each batch of updates the server sends
 //! `{"type":"sync","seq":N}`; the page answers `{"type":"ack","seq":N}`
 //! once it has drawn everything before it. The server keeps at most
 //! [`WINDOW`] batches unacknowledged, so a slow page makes the server
 //! coalesce damage instead of queueing frames.
+//!
+//! Resizing: `{"type":"resize","scanout":S,"width":W,"height":H}` asks the
+//! guest for a display of W x H device pixels (the page sends it, debounced,
+//! when "fit guest to window" is on). [`parse_client`] takes only integers
+//! that fit a u32, each side from [`MIN_REQUEST_DIMENSION`] to
+//! [`MAX_REQUEST_DIMENSION`] and a scanout below [`crate::store::MAX_SCANOUTS`];
+//! the viewer then passes it to [`Display::request_size`], which checks the
+//! scanout exists. What fails is ignored (logged at debug); view-only
+//! viewers' requests too.
 
 use std::collections::BTreeSet;
 
 use crate::encode::png_from_rgba;
-use crate::store::Update;
+use crate::store::{Update, MAX_REQUEST_DIMENSION, MIN_REQUEST_DIMENSION};
 use crate::{Display, DisplayError, InputEvent, Rect};
 
 /// The protocol's version, in the hello message.
@@ -195,14 +205,32 @@ pub fn encode_update(update: Update, policy: EncodingPolicy) -> Result<Outgoing,
 /// Client→server messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientMessage {
-    Ack { seq: u64 },
+    Ack {
+        seq: u64,
+    },
     Input(InputEvent),
+    /// Asks the guest to show `width` x `height` device pixels on
+    /// `scanout` (each side within [`MIN_REQUEST_DIMENSION`] and
+    /// [`MAX_REQUEST_DIMENSION`]; whether the scanout exists is the
+    /// [`Display`]'s to say).
+    Resize {
+        scanout: u32,
+        width: u32,
+        height: u32,
+    },
 }
 
 #[derive(serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Control {
-    Ack { seq: u64 },
+    Ack {
+        seq: u64,
+    },
+    Resize {
+        scanout: u32,
+        width: u32,
+        height: u32,
+    },
 }
 
 /// Errors in what a client sent.
@@ -212,6 +240,12 @@ pub enum ProtocolError {
     TooLong(usize),
     #[error("not a viewer message")]
     Malformed(#[source] serde_json::Error),
+    #[error("resize of display {scanout} to {width}x{height} is out of range")]
+    BadResize {
+        scanout: u32,
+        width: u32,
+        height: u32,
+    },
 }
 
 /// Parses a client's text message.
@@ -219,8 +253,28 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ProtocolError> {
     if text.len() > MAX_CLIENT_MESSAGE {
         return Err(ProtocolError::TooLong(text.len()));
     }
-    if let Ok(Control::Ack { seq }) = serde_json::from_str(text) {
-        return Ok(ClientMessage::Ack { seq });
+    match serde_json::from_str(text) {
+        Ok(Control::Ack { seq }) => return Ok(ClientMessage::Ack { seq }),
+        Ok(Control::Resize {
+            scanout,
+            width,
+            height,
+        }) => {
+            let ok = |v: u32| (MIN_REQUEST_DIMENSION..=MAX_REQUEST_DIMENSION).contains(&v);
+            if !ok(width) || !ok(height) || scanout >= crate::store::MAX_SCANOUTS {
+                return Err(ProtocolError::BadResize {
+                    scanout,
+                    width,
+                    height,
+                });
+            }
+            return Ok(ClientMessage::Resize {
+                scanout,
+                width,
+                height,
+            });
+        }
+        Err(_) => {}
     }
     serde_json::from_str(text)
         .map(ClientMessage::Input)
@@ -488,6 +542,71 @@ mod tests {
         }
         let long = format!(
             r#"{{"type":"ack","seq":1,"pad":"{}"}}"#,
+            "x".repeat(MAX_CLIENT_MESSAGE)
+        );
+        assert!(matches!(
+            parse_client(&long),
+            Err(ProtocolError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn resize_requests_parse_and_hostile_ones_do_not() {
+        assert_eq!(
+            parse_client(r#"{"type":"resize","scanout":1,"width":1918,"height":1002}"#).unwrap(),
+            ClientMessage::Resize {
+                scanout: 1,
+                width: 1918,
+                height: 1002
+            }
+        );
+        assert_eq!(
+            parse_client(r#"{"height":32,"width":8192,"scanout":15,"type":"resize"}"#).unwrap(),
+            ClientMessage::Resize {
+                scanout: 15,
+                width: 8192,
+                height: 32
+            }
+        );
+        // Out of range: refused as such.
+        for (scanout, width, height) in [
+            (0u32, 31u32, 600u32),
+            (0, 800, 0),
+            (0, 8193, 600),
+            (0, 800, 4294967295),
+            (16, 800, 600),
+            (4294967295, 800, 600),
+        ] {
+            let text = format!(
+                r#"{{"type":"resize","scanout":{scanout},"width":{width},"height":{height}}}"#
+            );
+            assert!(
+                matches!(parse_client(&text), Err(ProtocolError::BadResize { .. })),
+                "{text}"
+            );
+        }
+        // Not numbers a u32 holds, or missing: not a viewer message.
+        for bad in [
+            r#"{"type":"resize","scanout":0,"width":-800,"height":600}"#,
+            r#"{"type":"resize","scanout":0,"width":800.5,"height":600}"#,
+            r#"{"type":"resize","scanout":0,"width":1e3,"height":600}"#,
+            r#"{"type":"resize","scanout":0,"width":4294967296,"height":600}"#,
+            r#"{"type":"resize","scanout":0,"width":99999999999999999999999,"height":600}"#,
+            r#"{"type":"resize","scanout":-1,"width":800,"height":600}"#,
+            r#"{"type":"resize","scanout":0,"width":"800","height":600}"#,
+            r#"{"type":"resize","scanout":0,"width":null,"height":600}"#,
+            r#"{"type":"resize","scanout":0,"width":800}"#,
+            r#"{"type":"resize"}"#,
+            r#"{"type":"Resize","scanout":0,"width":800,"height":600}"#,
+            r#"{"type":"resize","scanout":0,"width":[800],"height":600}"#,
+        ] {
+            assert!(
+                matches!(parse_client(bad), Err(ProtocolError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        let long = format!(
+            r#"{{"type":"resize","scanout":0,"width":800,"height":600,"pad":"{}"}}"#,
             "x".repeat(MAX_CLIENT_MESSAGE)
         );
         assert!(matches!(

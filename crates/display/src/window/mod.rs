@@ -17,7 +17,13 @@
 //!
 //! Windows appear when a scanout is first enabled (title "PearVisor —
 //! display N"), follow the guest's mode changes, and stay (black) while
-//! their scanout is off. Closing one window closes only that one; closing
+//! their scanout is off. The other way round, the guest follows the
+//! window: when the user resizes a window, the guest is asked for the new
+//! size ([`Display::request_size`]) once the window has kept it for
+//! [`RESIZE_SETTLE`] (a drag asks once, at its end; the loop sleeps until
+//! then with `ControlFlow::WaitUntil`), and never for the mode the guest
+//! already shows, so a window following the guest does not ask it again.
+//! Until the guest switches, the picture is letterboxed. Closing one window closes only that one; closing
 //! the last one calls the `on_last_closed` callback (the binary asks the
 //! guest to power off, like QEMU's window does).
 //!
@@ -40,6 +46,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use winit::application::ApplicationHandler;
 use winit::dpi::PhysicalSize;
@@ -48,11 +55,14 @@ use winit::event_loop::{ActiveEventLoop, ControlFlow, EventLoop, EventLoopProxy}
 use winit::keyboard::PhysicalKey;
 use winit::window::{Window, WindowId};
 
-use crate::store::Update;
+use crate::store::{Update, MAX_REQUEST_DIMENSION, MIN_REQUEST_DIMENSION};
 use crate::web::protocol::InputFilter;
 use crate::{Display, DisplayError, InputEvent, InputSink, Subscription};
 use keys::{linux_button, linux_key, Wheel};
 use screen::Screen;
+
+/// How long a window keeps a new size before the guest is asked for it.
+pub const RESIZE_SETTLE: Duration = Duration::from_millis(150);
 
 /// What the display-window thread is woken for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,6 +287,11 @@ struct App {
     on_last_closed: Option<OnLastClosed>,
     /// The last pointer position sent (scanout, x, y).
     pointer: Option<(u32, u32, u32)>,
+    /// Per scanout: when to ask the guest for its window's size.
+    resize_at: Vec<Option<Instant>>,
+    /// Per scanout: the size asked for that the guest has not answered
+    /// with a mode change yet.
+    requested: Vec<Option<(u32, u32)>>,
     stats: Arc<Stats>,
 }
 
@@ -301,6 +316,8 @@ impl App {
             resumed: false,
             on_last_closed,
             pointer: None,
+            resize_at: vec![None; count],
+            requested: vec![None; count],
             stats,
         }
     }
@@ -325,6 +342,10 @@ impl App {
                 } => Some(PhysicalSize::new(w, h)),
                 _ => None,
             };
+            if matches!(update, Update::Mode { .. }) {
+                // The guest answered (or switched by itself).
+                self.requested[scanout] = None;
+            }
             if screen.apply(update) {
                 dirty[scanout] = true;
             }
@@ -484,6 +505,32 @@ impl App {
         }
     }
 
+    /// Asks the guest for the size of `scanout`'s window (when the user
+    /// resized it and it has kept the size for [`RESIZE_SETTLE`]).
+    fn request_guest_size(&mut self, scanout: usize) {
+        let Some(win) = &self.windows[scanout] else {
+            return;
+        };
+        let size = win.window.inner_size();
+        let Some(want) = guest_size_for((size.width, size.height)) else {
+            return; // minimized
+        };
+        let Some(mode) = self.display.mode(scanout as u32) else {
+            return; // off: nothing to fit
+        };
+        if !wants_request(want, mode, self.requested[scanout]) {
+            return;
+        }
+        let (w, h) = want;
+        match self.display.request_size(scanout as u32, w, h) {
+            Ok(()) => {
+                log::debug!("display {scanout}: window is {w}x{h}, asking the guest for it");
+                self.requested[scanout] = (want != mode).then_some(want);
+            }
+            Err(e) => log::debug!("display {scanout}: window is {w}x{h}, not asked: {e}"),
+        }
+    }
+
     fn scanout_of(&self, id: WindowId) -> Option<usize> {
         self.windows
             .iter()
@@ -511,6 +558,21 @@ impl ApplicationHandler<Wake> for App {
         }
     }
 
+    fn about_to_wait(&mut self, event_loop: &ActiveEventLoop) {
+        let now = Instant::now();
+        for scanout in 0..self.resize_at.len() {
+            if self.resize_at[scanout].is_some_and(|at| at <= now) {
+                self.resize_at[scanout] = None;
+                self.request_guest_size(scanout);
+            }
+        }
+        // Sleep until the next settled size, or until something happens.
+        event_loop.set_control_flow(match self.resize_at.iter().flatten().min() {
+            Some(&at) => ControlFlow::WaitUntil(at),
+            None => ControlFlow::Wait,
+        });
+    }
+
     fn window_event(&mut self, _: &ActiveEventLoop, id: WindowId, event: WindowEvent) {
         let Some(scanout) = self.scanout_of(id) else {
             return;
@@ -519,7 +581,14 @@ impl ApplicationHandler<Wake> for App {
             WindowEvent::CloseRequested => self.close_window(scanout, "closed"),
             WindowEvent::Destroyed => self.close_window(scanout, "destroyed"),
             WindowEvent::RedrawRequested => self.draw(scanout),
-            WindowEvent::Resized(_) | WindowEvent::ScaleFactorChanged { .. } => {
+            WindowEvent::Resized(_) => {
+                if let Some(win) = &self.windows[scanout] {
+                    win.window.request_redraw();
+                }
+                // Ask the guest once the size settles (a drag sends many).
+                self.resize_at[scanout] = Some(Instant::now() + RESIZE_SETTLE);
+            }
+            WindowEvent::ScaleFactorChanged { .. } => {
                 if let Some(win) = &self.windows[scanout] {
                     win.window.request_redraw();
                 }
@@ -571,9 +640,50 @@ impl ApplicationHandler<Wake> for App {
     }
 }
 
+/// The size to ask the guest for, for a window of `inner` physical pixels
+/// (each side clamped to what a display can be); None for a minimized
+/// window.
+fn guest_size_for(inner: (u32, u32)) -> Option<(u32, u32)> {
+    let (w, h) = inner;
+    if w == 0 || h == 0 {
+        return None;
+    }
+    let clamp = |v: u32| v.clamp(MIN_REQUEST_DIMENSION, MAX_REQUEST_DIMENSION);
+    Some((clamp(w), clamp(h)))
+}
+
+/// Whether to ask the guest for `want` while it shows `mode`, having asked
+/// for `requested` without an answer yet: never for the mode it shows (a
+/// window following the guest's mode change must not ask it again), unless
+/// that takes back an unanswered request; never twice for the same size.
+fn wants_request(want: (u32, u32), mode: (u32, u32), requested: Option<(u32, u32)>) -> bool {
+    match requested {
+        Some(r) => want != r,
+        None => want != mode,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn which_window_sizes_the_guest_is_asked_for() {
+        assert_eq!(guest_size_for((1000, 700)), Some((1000, 700)));
+        assert_eq!(guest_size_for((10, 9000)), Some((32, 8192)));
+        assert_eq!(guest_size_for((0, 700)), None);
+        assert_eq!(guest_size_for((700, 0)), None);
+        // A new size: asked.
+        assert!(wants_request((1000, 700), (800, 600), None));
+        // The mode the guest shows (the window followed it): not asked.
+        assert!(!wants_request((800, 600), (800, 600), None));
+        // Already asked, no answer yet: not again.
+        assert!(!wants_request((1000, 700), (800, 600), Some((1000, 700))));
+        // Asked, then resized again before the guest answered.
+        assert!(wants_request((1100, 700), (800, 600), Some((1000, 700))));
+        // ... or back to the shown mode: the request is taken back.
+        assert!(wants_request((800, 600), (800, 600), Some((1000, 700))));
+    }
 
     #[test]
     fn closing_windows_until_the_last() {

@@ -5,7 +5,9 @@
 //!   GET_EDID), shared between the device, its worker and whoever resizes a
 //!   display (a window or viewer): [`DisplayControl::resize`] changes a mode,
 //!   sets VIRTIO_GPU_EVENT_DISPLAY in the config space and sends a config
-//!   interrupt, and the guest's driver fetches the display info again.
+//!   interrupt, and the guest's driver fetches the display info again. It
+//!   is the display side's [`ResizeSink`]: a window or web viewer asks
+//!   through `pv_display::Display::request_size`.
 //! - [`Scanouts`]: which resource rectangle each scanout shows (SET_SCANOUT),
 //!   the frames and damage sent to the sink on RESOURCE_FLUSH, and cursor
 //!   images converted to straight RGBA.
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pv_devices::virtio::{Interrupt, InterruptKind};
-use pv_display::{CursorImage, FrameView, PixelFormat, Rect, ScanoutSink};
+use pv_display::{CursorImage, FrameView, PixelFormat, Rect, ResizeSink, ScanoutSink};
 
 use super::backend::{ResourceInfo, ResourceView};
 use super::metrics::{add, GpuMetrics};
@@ -166,6 +168,18 @@ impl DisplayControl {
             self.state.events.store(0, Ordering::SeqCst);
         }
         *lock(&self.state.interrupt) = interrupt;
+    }
+}
+
+/// A viewer's or window's size request ([`DisplayControl::resize`]), with
+/// the reason as text when refused.
+impl ResizeSink for DisplayControl {
+    fn request_size(&self, scanout: u32, width: u32, height: u32) -> Result<(), String> {
+        self.resize(scanout, width, height)
+            .map_err(|e| match std::error::Error::source(&e) {
+                Some(source) => format!("{e}: {source}"),
+                None => e.to_string(),
+            })
     }
 }
 
@@ -442,6 +456,55 @@ pub fn to_rgba(format: PixelFormat, p: [u8; 4]) -> [u8; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[derive(Default)]
+    struct ConfigInterrupts(AtomicU64);
+
+    impl Interrupt for ConfigInterrupts {
+        fn trigger(&self, kind: InterruptKind) {
+            if kind == InterruptKind::Config {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[test]
+    fn display_control_is_the_displays_resize_sink() {
+        let control = DisplayControl::new(&GpuParams {
+            width: 1024,
+            height: 768,
+            displays: 2,
+            ..GpuParams::default()
+        });
+        let interrupts = Arc::new(ConfigInterrupts::default());
+        control.set_interrupt(Some(interrupts.clone()));
+        // The display store asks through the trait, as a window would.
+        let display = pv_display::Display::new(2);
+        display.connect_resizer(Some(Arc::new(control.clone())));
+        display.request_size(1, 1920, 1080).unwrap();
+        assert_eq!(control.events(), EVENT_DISPLAY);
+        assert_eq!(interrupts.0.load(Ordering::SeqCst), 1);
+        // GET_DISPLAY_INFO answers the new mode.
+        let info = control.display_info();
+        assert_eq!(info[0].rect, Rect::new(0, 0, 1024, 768));
+        assert_eq!(info[1].rect, Rect::new(0, 0, 1920, 1080));
+        assert!(info[1].enabled);
+        // The same size again: no new event.
+        control.clear_events(EVENT_DISPLAY);
+        display.request_size(1, 1920, 1080).unwrap();
+        assert_eq!(control.events(), 0);
+        assert_eq!(interrupts.0.load(Ordering::SeqCst), 1);
+
+        // Refusals come back as text.
+        let sink: &dyn ResizeSink = &control;
+        assert_eq!(sink.request_size(2, 800, 600).unwrap_err(), "no display 2");
+        let err = sink.request_size(0, 8, 600).unwrap_err();
+        assert!(err.starts_with("invalid display size: "), "{err}");
+        assert_eq!(control.mode(0), Some((1024, 768)));
+        assert_eq!(control.events(), 0);
+        assert_eq!(interrupts.0.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn intersections() {
