@@ -2,13 +2,15 @@
 //!
 //! Paths follow Cloud Hypervisor's style (`/api/v1/vm.info`, `/api/v1/vm.pause`,
 //! …); bodies are JSON (metrics are text, a screenshot is a PNG), errors are
-//! `{"error": "message"}`. The document
+//! `{"error": "message"}`. Actions take no body, except `vm.resize`
+//! (`{"display": N, "width": W, "height": H}`). The document
 //! `docs/api/openapi.yaml` describes every endpoint and is what the contract
 //! tests check the server against.
 //!
 //! - [`ApiServer`]: the server, on its own thread (`api`) with a
 //!   current-thread tokio runtime; lifecycle calls that block (shutdown waits
-//!   up to the grace period) and screenshots run on tokio's blocking pool.
+//!   up to the grace period), screenshots and resizes run on tokio's
+//!   blocking pool.
 //! - [`Endpoint`]: the endpoints, their paths and methods.
 //! - [`metrics`]: the Prometheus text exposition of the counters.
 //! - [`client`]: a small blocking HTTP/1.1 client (`pearvisor ctl`).
@@ -20,6 +22,11 @@ mod server;
 
 pub use routes::Endpoint;
 pub use server::{ApiError, ApiServer};
+
+/// The smallest width or height `vm.resize` takes.
+pub const MIN_DISPLAY_SIDE: u32 = 32;
+/// The largest width or height `vm.resize` takes.
+pub const MAX_DISPLAY_SIDE: u32 = 8192;
 
 /// Where every endpoint lives.
 pub const API_PREFIX: &str = "/api/v1";
@@ -48,6 +55,32 @@ pub enum ScreenshotError {
     /// nothing yet": 409.
     #[error("{0}")]
     NothingShown(String),
+}
+
+/// Asks the guest to switch scanout `display` to `width` x `height`
+/// (`PUT /api/v1/vm.resize`); `Ok` once the request is passed to the guest,
+/// which switches when its driver gets to it. Called on tokio's blocking
+/// pool, only while the VM is Running and with each side already within
+/// [`MIN_DISPLAY_SIDE`]..=[`MAX_DISPLAY_SIDE`] (a panic is answered with 500).
+pub type Resizes = std::sync::Arc<dyn Fn(u32, u32, u32) -> Result<(), ResizeError> + Send + Sync>;
+
+/// Why the display side did not pass a size on to the guest; the message is
+/// the display's, passed on to the client as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResizeError {
+    /// No such scanout, e.g. "display 1 does not exist (the VM has 1)": 404.
+    #[error("{0}")]
+    NoSuchDisplay(String),
+    /// The display does not take this size: 400.
+    #[error("{0}")]
+    BadSize(String),
+    /// Nothing can ask the guest now, e.g. no GPU connected between the
+    /// machines of a reboot: 409.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The GPU refused the request: 500.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The first eight bytes of every PNG file.

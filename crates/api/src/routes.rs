@@ -2,11 +2,12 @@
 //!
 //! Unknown paths are 404, a known path with the wrong method 405 (with an
 //! `Allow` header), a PUT body other than nothing or `{}` 400 (413 when it
-//! is too large), a bad query of `vm.screenshot` 400, an illegal lifecycle
-//! transition 409 and any other failure 500. Controller and display calls
-//! run on tokio's blocking pool: `vm.shutdown` waits up to the grace period,
-//! the others may wait for the controller's lock or the display. Other
-//! endpoints ignore the query string.
+//! is too large; `vm.resize` takes its own body), a bad query of
+//! `vm.screenshot` 400, an illegal lifecycle transition 409 and any other
+//! failure 500. Controller and display calls run on tokio's blocking pool:
+//! `vm.shutdown` waits up to the grace period, the others may wait for the
+//! controller's lock or the display. Other endpoints ignore the query
+//! string.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,11 +18,13 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use pv_vmm::control::{ControlError, VmController};
+use pv_vmm::control::{ControlError, VmController, VmState};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{json, Value};
 
 use crate::{
-    metrics, GpuInventory, ScreenshotError, Screenshots, API_PREFIX, PNG_SIGNATURE, VERSION,
+    metrics, GpuInventory, ResizeError, Resizes, ScreenshotError, Screenshots, API_PREFIX,
+    MAX_DISPLAY_SIDE, MIN_DISPLAY_SIDE, PNG_SIGNATURE, VERSION,
 };
 
 /// Largest request body accepted.
@@ -35,6 +38,8 @@ pub(crate) struct State {
     pub gpus: GpuInventory,
     /// `None`: the VM has no display (`vm.screenshot` answers 409).
     pub screenshots: Option<Screenshots>,
+    /// `None`: the VM has no display (`vm.resize` answers 409).
+    pub resizes: Option<Resizes>,
 }
 
 /// One endpoint of the API.
@@ -51,11 +56,12 @@ pub enum Endpoint {
     Counters,
     Metrics,
     Screenshot,
+    Resize,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order of the API reference.
-    pub const ALL: [Endpoint; 11] = [
+    pub const ALL: [Endpoint; 12] = [
         Endpoint::Ping,
         Endpoint::Gpus,
         Endpoint::Info,
@@ -67,6 +73,7 @@ impl Endpoint {
         Endpoint::Counters,
         Endpoint::Metrics,
         Endpoint::Screenshot,
+        Endpoint::Resize,
     ];
 
     /// The name after `/api/v1/`, e.g. `vm.pause`.
@@ -83,6 +90,7 @@ impl Endpoint {
             Endpoint::Counters => "vm.counters",
             Endpoint::Metrics => "vm.metrics",
             Endpoint::Screenshot => "vm.screenshot",
+            Endpoint::Resize => "vm.resize",
         }
     }
 
@@ -104,7 +112,8 @@ impl Endpoint {
             | Endpoint::Resume
             | Endpoint::Reboot
             | Endpoint::PowerButton
-            | Endpoint::Shutdown => Method::PUT,
+            | Endpoint::Shutdown
+            | Endpoint::Resize => Method::PUT,
         }
     }
 
@@ -176,12 +185,14 @@ impl Reply {
 const JSON: &str = "application/json";
 const PNG: &str = "image/png";
 
-/// What an endpoint was asked, beyond its path: only `vm.screenshot` takes
-/// a parameter.
+/// What an endpoint was asked, beyond its path: only `vm.screenshot` (its
+/// query) and `vm.resize` (its body) take parameters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Params {
-    /// The scanout of `vm.screenshot` (`display=N`, default 0).
+    /// The scanout of `vm.screenshot` or `vm.resize` (default 0).
     display: u32,
+    /// The width and height `vm.resize` asks for.
+    size: (u32, u32),
 }
 
 fn json_bytes(v: &Value) -> Bytes {
@@ -232,8 +243,20 @@ async fn route(state: Arc<State>, req: Request<Incoming>) -> Reply {
         }
     }
     if endpoint.method() == Method::PUT {
-        if let Err(reply) = check_empty_body(endpoint, req.into_body()).await {
-            return reply;
+        let body = match read_body(req.into_body()).await {
+            Ok(body) => body,
+            Err(reply) => return reply,
+        };
+        let checked = if endpoint == Endpoint::Resize {
+            parse_resize(&body).map(|r| {
+                params.display = r.display;
+                params.size = (r.width, r.height);
+            })
+        } else {
+            check_empty_body(endpoint, &body)
+        };
+        if let Err(message) = checked {
+            return Reply::error(StatusCode::BAD_REQUEST, message);
         }
     }
     match tokio::task::spawn_blocking(move || execute(endpoint, params, &state)).await {
@@ -283,57 +306,175 @@ fn parse_display(value: &str) -> Result<u32, String> {
         .map_err(|_| format!("invalid display '{value}': the number is too large"))
 }
 
+/// A PUT's whole body: 413 past [`MAX_BODY`], 400 when it cannot be read
+/// in time.
+async fn read_body(body: Incoming) -> Result<Bytes, Reply> {
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Err(_) => Err(Reply::error(
+            StatusCode::BAD_REQUEST,
+            "timed out reading the request body",
+        )),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Reply::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {} KiB", MAX_BODY / 1024),
+        )),
+        Ok(Err(_)) => Err(Reply::error(
+            StatusCode::BAD_REQUEST,
+            "cannot read the request body",
+        )),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
 /// Actions take no parameters: the body must be empty or `{}`.
-async fn check_empty_body(endpoint: Endpoint, body: Incoming) -> Result<(), Reply> {
-    let bytes =
-        match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
-            Err(_) => {
-                return Err(Reply::error(
-                    StatusCode::BAD_REQUEST,
-                    "timed out reading the request body",
-                ))
-            }
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(Reply::error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the request body is larger than {} KiB", MAX_BODY / 1024),
-                ))
-            }
-            Ok(Err(_)) => {
-                return Err(Reply::error(
-                    StatusCode::BAD_REQUEST,
-                    "cannot read the request body",
-                ))
-            }
-            Ok(Ok(collected)) => collected.to_bytes(),
-        };
+fn check_empty_body(endpoint: Endpoint, bytes: &[u8]) -> Result<(), String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        Reply::error(
-            StatusCode::BAD_REQUEST,
-            format!("malformed JSON in the request body: {e}"),
-        )
-    })?;
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| format!("malformed JSON in the request body: {e}"))?;
     match value {
         Value::Object(map) => match map.keys().next() {
             None => Ok(()),
-            Some(field) => Err(Reply::error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "unknown field '{field}': {} takes no fields (send no body or {{}})",
-                    endpoint.name()
-                ),
+            Some(field) => Err(format!(
+                "unknown field '{field}': {} takes no fields (send no body or {{}})",
+                endpoint.name()
             )),
         },
-        _ => Err(Reply::error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the body of {} must be empty or a JSON object ({{}})",
-                endpoint.name()
-            ),
+        _ => Err(format!(
+            "the body of {} must be empty or a JSON object ({{}})",
+            endpoint.name()
         )),
+    }
+}
+
+/// What `vm.resize` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ResizeRequest {
+    display: u32,
+    width: u32,
+    height: u32,
+}
+
+/// The body `vm.resize` takes, for its error messages.
+const RESIZE_BODY: &str = r#"{"width": W, "height": H} or {"display": N, "width": W, "height": H}"#;
+
+/// `vm.resize`'s body: a JSON object with `width` and `height`, each a
+/// whole number within [`MIN_DISPLAY_SIDE`]..=[`MAX_DISPLAY_SIDE`], and
+/// optionally `display` (default 0). Anything else (another field, a field
+/// given twice, a negative, fractional, too large or non-numeric value) is
+/// an error that says what is wrong.
+fn parse_resize(bytes: &[u8]) -> Result<ResizeRequest, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(format!("vm.resize needs a body: {RESIZE_BODY}"));
+    }
+    let malformed = |e: serde_json::Error| format!("malformed JSON in the request body: {e}");
+    let value: Value = serde_json::from_slice(bytes).map_err(malformed)?;
+    if !value.is_object() {
+        return Err(format!(
+            "the body of vm.resize must be a JSON object: {RESIZE_BODY}"
+        ));
+    }
+    // Read again keeping every field as sent: a repeated field is refused
+    // rather than the last one silently winning.
+    let Fields(fields) = serde_json::from_slice(bytes).map_err(malformed)?;
+    let (mut display, mut width, mut height) = (None, None, None);
+    for (name, value) in &fields {
+        let slot = match name.as_str() {
+            "display" => &mut display,
+            "width" => &mut width,
+            "height" => &mut height,
+            _ => {
+                return Err(format!(
+                    "unknown field '{}': vm.resize takes display, width and height",
+                    shorten(name)
+                ))
+            }
+        };
+        if slot.replace(value).is_some() {
+            return Err(format!("the field '{name}' is given more than once"));
+        }
+    }
+    Ok(ResizeRequest {
+        display: display.map_or(Ok(0), resize_display)?,
+        width: side("width", width)?,
+        height: side("height", height)?,
+    })
+}
+
+/// `display` of `vm.resize`: a display number, at most `u32::MAX`.
+fn resize_display(value: &Value) -> Result<u32, String> {
+    match value.as_u64() {
+        Some(n) => {
+            u32::try_from(n).map_err(|_| format!("invalid display {n}: the number is too large"))
+        }
+        None => Err(format!(
+            "invalid display {}: expected a display number (0, 1, …)",
+            shown(value)
+        )),
+    }
+}
+
+/// `width` or `height` of `vm.resize`.
+fn side(name: &str, value: Option<&Value>) -> Result<u32, String> {
+    let range = format!("{MIN_DISPLAY_SIDE}..={MAX_DISPLAY_SIDE}");
+    let Some(value) = value else {
+        return Err(format!(
+            "missing field '{name}': vm.resize needs width and height, each within {range} pixels"
+        ));
+    };
+    if let Some(n) = value.as_u64() {
+        return match u32::try_from(n) {
+            Ok(n) if (MIN_DISPLAY_SIDE..=MAX_DISPLAY_SIDE).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "invalid {name} {n}: each side must be within {range} pixels"
+            )),
+        };
+    }
+    match value.as_i64() {
+        Some(n) => Err(format!(
+            "invalid {name} {n}: each side must be within {range} pixels"
+        )),
+        None => Err(format!(
+            "invalid {name} {}: expected a whole number of pixels within {range}",
+            shown(value)
+        )),
+    }
+}
+
+/// A JSON value for a message: at most about 40 characters of it.
+fn shown(value: &Value) -> String {
+    shorten(&value.to_string())
+}
+
+fn shorten(text: &str) -> String {
+    const MAX: usize = 40;
+    match text.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// A JSON object's fields in the order sent, repeats kept.
+struct Fields(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    fields.push(entry);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
     }
 }
 
@@ -364,6 +505,38 @@ fn execute(endpoint: Endpoint, params: Params, state: &State) -> Reply {
         Endpoint::Counters => Reply::Json(c.counters()),
         Endpoint::Metrics => Reply::Text(metrics::render(&c.counters())),
         Endpoint::Screenshot => screenshot(state.screenshots.as_ref(), params.display),
+        Endpoint::Resize => resize(state, params),
+    }
+}
+
+/// Asks the display side to pass `params`' size for its display to the
+/// guest: only while the VM is Running, like the power button (the guest
+/// must be there to switch).
+fn resize(state: &State, params: Params) -> Reply {
+    let Some(resize) = state.resizes.as_ref() else {
+        return Reply::error(
+            StatusCode::CONFLICT,
+            "the VM has no display: start it with --gpu",
+        );
+    };
+    let vm_state = state.controller.state();
+    if vm_state != VmState::Running {
+        let conflict = ControlError::Conflict {
+            action: "resize a display of",
+            state: vm_state,
+        };
+        return Reply::error(StatusCode::CONFLICT, conflict.to_string());
+    }
+    let (width, height) = params.size;
+    match resize(params.display, width, height) {
+        Ok(()) => Reply::NoContent,
+        Err(ResizeError::NoSuchDisplay(message)) => Reply::error(StatusCode::NOT_FOUND, message),
+        Err(ResizeError::BadSize(message)) => Reply::error(StatusCode::BAD_REQUEST, message),
+        Err(ResizeError::Unavailable(message)) => Reply::error(StatusCode::CONFLICT, message),
+        Err(ResizeError::Failed(message)) => {
+            log::error!("api: resizing display {}: {message}", params.display);
+            Reply::error(StatusCode::INTERNAL_SERVER_ERROR, message)
+        }
     }
 }
 
@@ -506,5 +679,177 @@ mod tests {
                 "{query}"
             );
         }
+    }
+
+    #[test]
+    fn resize_bodies() {
+        let req = |display, width, height| ResizeRequest {
+            display,
+            width,
+            height,
+        };
+        for (body, expected) in [
+            (r#"{"width": 800, "height": 600}"#, req(0, 800, 600)),
+            (
+                r#" {"height": 600, "display": 2, "width": 800} "#,
+                req(2, 800, 600),
+            ),
+            (
+                r#"{"display": 0, "width": 32, "height": 8192}"#,
+                req(0, 32, 8192),
+            ),
+            (
+                r#"{"display": 4294967295, "width": 8192, "height": 32}"#,
+                req(u32::MAX, 8192, 32),
+            ),
+        ] {
+            assert_eq!(parse_resize(body.as_bytes()), Ok(expected), "{body}");
+        }
+        let needs = r#"{"width": W, "height": H} or {"display": N, "width": W, "height": H}"#;
+        for (body, message) in [
+            ("", format!("vm.resize needs a body: {needs}")),
+            (" \n", format!("vm.resize needs a body: {needs}")),
+            ("[800, 600]", format!("the body of vm.resize must be a JSON object: {needs}")),
+            ("\"800x600\"", format!("the body of vm.resize must be a JSON object: {needs}")),
+            ("null", format!("the body of vm.resize must be a JSON object: {needs}")),
+            (
+                "{}",
+                "missing field 'width': vm.resize needs width and height, each within 32..=8192 pixels".into(),
+            ),
+            (
+                r#"{"width": 800}"#,
+                "missing field 'height': vm.resize needs width and height, each within 32..=8192 pixels".into(),
+            ),
+            (
+                r#"{"width": -800, "height": 600}"#,
+                "invalid width -800: each side must be within 32..=8192 pixels".into(),
+            ),
+            (
+                r#"{"width": 800, "height": 0}"#,
+                "invalid height 0: each side must be within 32..=8192 pixels".into(),
+            ),
+            (
+                r#"{"width": 31, "height": 600}"#,
+                "invalid width 31: each side must be within 32..=8192 pixels".into(),
+            ),
+            (
+                r#"{"width": 8193, "height": 600}"#,
+                "invalid width 8193: each side must be within 32..=8192 pixels".into(),
+            ),
+            (
+                r#"{"width": 4294967296, "height": 600}"#,
+                "invalid width 4294967296: each side must be within 32..=8192 pixels".into(),
+            ),
+            (
+                r#"{"width": 18446744073709551615, "height": 600}"#,
+                "invalid width 18446744073709551615: each side must be within 32..=8192 pixels".into(),
+            ),
+            (
+                r#"{"width": -9223372036854775808, "height": 600}"#,
+                "invalid width -9223372036854775808: each side must be within 32..=8192 pixels".into(),
+            ),
+            (
+                r#"{"width": 1e30, "height": 600}"#,
+                "invalid width 1e+30: expected a whole number of pixels within 32..=8192".into(),
+            ),
+            (
+                r#"{"width": 800.0, "height": 600}"#,
+                "invalid width 800.0: expected a whole number of pixels within 32..=8192".into(),
+            ),
+            (
+                r#"{"width": 800, "height": 600.5}"#,
+                "invalid height 600.5: expected a whole number of pixels within 32..=8192".into(),
+            ),
+            (
+                r#"{"width": "800", "height": 600}"#,
+                r#"invalid width "800": expected a whole number of pixels within 32..=8192"#.into(),
+            ),
+            (
+                r#"{"width": null, "height": 600}"#,
+                "invalid width null: expected a whole number of pixels within 32..=8192".into(),
+            ),
+            (
+                r#"{"width": [800], "height": 600}"#,
+                "invalid width [800]: expected a whole number of pixels within 32..=8192".into(),
+            ),
+            (
+                r#"{"width": true, "height": 600}"#,
+                "invalid width true: expected a whole number of pixels within 32..=8192".into(),
+            ),
+            (
+                r#"{"display": -1, "width": 800, "height": 600}"#,
+                "invalid display -1: expected a display number (0, 1, …)".into(),
+            ),
+            (
+                r#"{"display": 1.5, "width": 800, "height": 600}"#,
+                "invalid display 1.5: expected a display number (0, 1, …)".into(),
+            ),
+            (
+                r#"{"display": "0", "width": 800, "height": 600}"#,
+                r#"invalid display "0": expected a display number (0, 1, …)"#.into(),
+            ),
+            (
+                r#"{"display": 4294967296, "width": 800, "height": 600}"#,
+                "invalid display 4294967296: the number is too large".into(),
+            ),
+            (
+                r#"{"width": 800, "height": 600, "depth": 32}"#,
+                "unknown field 'depth': vm.resize takes display, width and height".into(),
+            ),
+            (
+                r#"{"Width": 800, "height": 600}"#,
+                "unknown field 'Width': vm.resize takes display, width and height".into(),
+            ),
+            (
+                r#"{"width": 800, "height": 600, "width": 10}"#,
+                "the field 'width' is given more than once".into(),
+            ),
+            (
+                r#"{"width": 800, "height": 600, "height": 600}"#,
+                "the field 'height' is given more than once".into(),
+            ),
+        ] {
+            assert_eq!(parse_resize(body.as_bytes()), Err(message), "{body}");
+        }
+        // Long values and names are cut short in messages.
+        let long = "x".repeat(10_000);
+        let message = parse_resize(format!(r#"{{"width": "{long}", "height": 600}}"#).as_bytes())
+            .unwrap_err();
+        assert!(message.len() < 150, "{message}");
+        assert!(message.starts_with(r#"invalid width "xxx"#), "{message}");
+        let message = parse_resize(format!(r#"{{"{long}": 1}}"#).as_bytes()).unwrap_err();
+        assert!(message.len() < 150, "{message}");
+        // Malformed JSON, a trailing value, a number JSON cannot hold, deep nesting.
+        for body in [
+            "{",
+            r#"{"width": 800, "height": 600"#,
+            r#"{"width": 800, "height": 600} {}"#,
+            r#"{"width": 1e999, "height": 600}"#,
+            r#"{"width": 0x320, "height": 600}"#,
+            r#"{"width": NaN, "height": 600}"#,
+            "\u{feff}{}",
+            &format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
+        ] {
+            let message = parse_resize(body.as_bytes()).unwrap_err();
+            assert!(
+                message.starts_with("malformed JSON in the request body: "),
+                "{}: {message}",
+                shorten(body)
+            );
+        }
+        // Invalid UTF-8.
+        assert!(parse_resize(b"{\"width\": \xff}")
+            .unwrap_err()
+            .starts_with("malformed JSON"));
+    }
+
+    #[test]
+    fn empty_bodies() {
+        assert_eq!(check_empty_body(Endpoint::Pause, b""), Ok(()));
+        assert_eq!(check_empty_body(Endpoint::Pause, b" {} "), Ok(()));
+        assert_eq!(
+            check_empty_body(Endpoint::Pause, br#"{"width": 800}"#),
+            Err("unknown field 'width': vm.pause takes no fields (send no body or {})".into())
+        );
     }
 }

@@ -21,7 +21,7 @@ use pv_vmm::control::VmController;
 use tokio::sync::oneshot;
 
 use crate::routes::{handle, State};
-use crate::{GpuInventory, Screenshots};
+use crate::{GpuInventory, Resizes, Screenshots};
 
 /// How long a client may take to send a request's head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,13 +76,15 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Listens on `path` and serves `controller` (with `gpus` for
-    /// `vmm.gpus` and `screenshots` for `vm.screenshot`; `None` when the VM
-    /// has no display) on a new thread named `api`.
+    /// `vmm.gpus`, `screenshots` for `vm.screenshot` and `resizes` for
+    /// `vm.resize`; `None` when the VM has no display) on a new thread
+    /// named `api`.
     pub fn start(
         path: impl AsRef<Path>,
         controller: Arc<VmController>,
         gpus: GpuInventory,
         screenshots: Option<Screenshots>,
+        resizes: Option<Resizes>,
     ) -> Result<Self, ApiError> {
         let path = path.as_ref().to_path_buf();
         clear_stale_socket(&path)?;
@@ -116,6 +118,7 @@ impl ApiServer {
                 controller,
                 gpus,
                 screenshots,
+                resizes,
             });
             let thread = std::thread::Builder::new()
                 .name("api".into())

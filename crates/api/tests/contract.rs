@@ -2,8 +2,8 @@
 //! every documented response is produced and its body validates against the
 //! documented schema (a binary one: its content type and PNG signature),
 //! undocumented paths are 404, other methods 405; the lifecycle over HTTP,
-//! bad bodies, screenshots, concurrent clients, start and stop. A fake
-//! machine stands in for KVM and a fake display for the GPU.
+//! bad bodies, screenshots, resizes, concurrent clients, start and stop. A
+//! fake machine stands in for KVM and a fake display for the GPU.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -13,7 +13,9 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pv_api::client::{Client, Response};
-use pv_api::{ApiError, ApiServer, Endpoint, GpuInventory, ScreenshotError, Screenshots};
+use pv_api::{
+    ApiError, ApiServer, Endpoint, GpuInventory, ResizeError, Resizes, ScreenshotError, Screenshots,
+};
 use pv_vmm::config::VmConfig;
 use pv_vmm::control::{MachineOps, VmController};
 use pv_vmm::vm::{VcpuMetrics, VmError, VmExitReason};
@@ -84,6 +86,7 @@ const SCHEMA_KEYWORDS: &[&str] = &[
     "maximum",
     "description",
     "example",
+    "default",
 ];
 
 /// Validates `value` against `schema`; the error says where and why.
@@ -379,6 +382,36 @@ fn fake_display() -> Screenshots {
     })
 }
 
+/// The sizes [`fake_resizer`] passed on, as (display, width, height).
+type Asked = Arc<Mutex<Vec<(u32, u32, u32)>>>;
+
+/// Size requests for a display of four scanouts: 0 takes any, 1 has no GPU
+/// connected (between the machines of a reboot), 2's GPU refuses, 3 takes
+/// at most 4096 on a side; others do not exist.
+fn fake_resizer() -> (Resizes, Asked) {
+    let asked = Asked::default();
+    let passed = asked.clone();
+    let resizes: Resizes = Arc::new(move |display, width, height| match display {
+        1 => Err(ResizeError::Unavailable(
+            "cannot resize display 1: no GPU is connected to ask the guest".into(),
+        )),
+        2 => Err(ResizeError::Failed(
+            "the GPU refused to resize display 2: no display 2".into(),
+        )),
+        3 if width.max(height) > 4096 => Err(ResizeError::BadSize(format!(
+            "cannot resize display 3 to {width}x{height}: sizes go from 32 to 4096 on a side"
+        ))),
+        0 | 3 => {
+            passed.lock().unwrap().push((display, width, height));
+            Ok(())
+        }
+        n => Err(ResizeError::NoSuchDisplay(format!(
+            "display {n} does not exist (the VM has 4)"
+        ))),
+    });
+    (resizes, asked)
+}
+
 fn socket_path(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("pv-api-{}-{name}.sock", std::process::id()));
     let _ = std::fs::remove_file(&p);
@@ -395,15 +428,16 @@ struct Vm {
 impl Vm {
     /// A controller with a booted fake machine behind a server; no display.
     fn start(name: &str, grace: Duration, gpus: GpuInventory) -> Self {
-        Self::with_display(name, grace, gpus, None)
+        Self::with_display(name, grace, gpus, None, None)
     }
 
-    /// The same with `screenshots` as its display.
+    /// The same with `screenshots` and `resizes` as its display.
     fn with_display(
         name: &str,
         grace: Duration,
         gpus: GpuInventory,
         screenshots: Option<Screenshots>,
+        resizes: Option<Resizes>,
     ) -> Self {
         let controller = VmController::new(config(), grace);
         let machine = FakeMachine::new(2);
@@ -413,7 +447,7 @@ impl Vm {
             .fetch_add(7, Ordering::Relaxed);
         controller.attach(machine.clone());
         let path = socket_path(name);
-        let server = ApiServer::start(&path, controller.clone(), gpus, screenshots)
+        let server = ApiServer::start(&path, controller.clone(), gpus, screenshots, resizes)
             .expect("start the server");
         Self {
             controller,
@@ -445,11 +479,13 @@ impl Vm {
 
 #[test]
 fn every_documented_response_is_produced_and_matches_its_schema() {
+    let (resizes, asked) = fake_resizer();
     let vm = Vm::with_display(
         "contract",
         Duration::from_millis(100),
         gpus_ok(),
         Some(fake_display()),
+        Some(resizes),
     );
     let broken = Vm::start("contract-broken", Duration::from_millis(100), gpus_err());
     let mut seen: BTreeSet<(String, String, u16)> = BTreeSet::new();
@@ -589,6 +625,100 @@ fn every_documented_response_is_produced_and_matches_its_schema() {
         (&json!("integer"), &json!(0), &json!(u32::MAX), &json!(0))
     );
 
+    // Resizes: passed on to the display, its refusals with their statuses,
+    // bad bodies; every accepted body follows the documented schema.
+    for (body, asked_for) in [
+        (r#"{"width": 800, "height": 600}"#, (0, 800, 600)),
+        (
+            r#"{"display": 0, "width": 32, "height": 8192}"#,
+            (0, 32, 8192),
+        ),
+        (
+            r#" {"height": 32, "width": 4096, "display": 3} "#,
+            (3, 4096, 32),
+        ),
+    ] {
+        let sent: Value = serde_json::from_str(body).unwrap();
+        validate(resize_schema(), &sent, "vm.resize body").unwrap();
+        let r = record(&vm, "put", "vm.resize", Some(body));
+        assert_eq!(r.status, 204, "{body}: {}", r.text());
+        assert_eq!(asked.lock().unwrap().pop(), Some(asked_for), "{body}");
+    }
+    for (body, documented_body, status, message) in [
+        (
+            r#"{"width": 10, "height": 600}"#,
+            false,
+            400,
+            "invalid width 10: each side must be within 32..=8192 pixels",
+        ),
+        (
+            r#"{"width": 800, "height": 600, "depth": 24}"#,
+            false,
+            400,
+            "unknown field 'depth': vm.resize takes display, width and height",
+        ),
+        (
+            r#"{"display": 3, "width": 8192, "height": 600}"#,
+            true,
+            400,
+            "cannot resize display 3 to 8192x600: sizes go from 32 to 4096 on a side",
+        ),
+        (
+            r#"{"display": 7, "width": 800, "height": 600}"#,
+            true,
+            404,
+            "display 7 does not exist (the VM has 4)",
+        ),
+        (
+            r#"{"display": 1, "width": 800, "height": 600}"#,
+            true,
+            409,
+            "cannot resize display 1: no GPU is connected to ask the guest",
+        ),
+        (
+            r#"{"display": 2, "width": 800, "height": 600}"#,
+            true,
+            500,
+            "the GPU refused to resize display 2: no display 2",
+        ),
+    ] {
+        let sent: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            validate(resize_schema(), &sent, "vm.resize body").is_ok(),
+            documented_body,
+            "{body}"
+        );
+        let r = record(&vm, "put", "vm.resize", Some(body));
+        assert_eq!(
+            (r.status, r.error_message().as_str()),
+            (status, message),
+            "{body}"
+        );
+    }
+    let r = record(&vm, "put", "vm.resize", None);
+    assert_eq!(
+        (r.status, r.error_message().as_str()),
+        (
+            400,
+            r#"vm.resize needs a body: {"width": W, "height": H} or {"display": N, "width": W, "height": H}"#
+        )
+    );
+    let r = record(
+        &broken,
+        "put",
+        "vm.resize",
+        Some(r#"{"width": 800, "height": 600}"#),
+    );
+    assert_eq!(
+        (r.status, r.error_message().as_str()),
+        (409, "the VM has no display: start it with --gpu")
+    );
+    assert!(
+        asked.lock().unwrap().is_empty(),
+        "nothing refused was passed on"
+    );
+    assert_eq!(vm.state(), "Running", "a failing resize stops nothing");
+
     // Counters and metrics fail (500) when the machine does; the server lives on.
     broken.machine.fail.store(true, Ordering::SeqCst);
     record(&broken, "get", "vm.counters", None);
@@ -603,6 +733,7 @@ fn every_documented_response_is_produced_and_matches_its_schema() {
         "vm.reboot",
         "vm.power-button",
         "vm.shutdown",
+        "vm.resize",
     ] {
         let r = record(&vm, "put", action, Some(r#"{"force": true}"#));
         assert_eq!(r.status, 400);
@@ -643,6 +774,16 @@ fn every_documented_response_is_produced_and_matches_its_schema() {
     assert_eq!(record(&vm, "put", "vm.shutdown", Some(" {} ")).status, 204);
     assert_eq!(record(&vm, "put", "vm.shutdown", None).status, 409);
     assert_eq!(record(&vm, "put", "vm.reboot", None).status, 409);
+    let r = record(
+        &vm,
+        "put",
+        "vm.resize",
+        Some(r#"{"width": 800, "height": 600}"#),
+    );
+    assert_eq!(
+        (r.status, r.error_message().as_str()),
+        (409, "cannot resize a display of the VM: it is Shutdown")
+    );
     record(&vm, "get", "vm.info", None);
     record(&vm, "get", "vm.counters", None);
 
@@ -671,6 +812,225 @@ fn every_documented_response_is_produced_and_matches_its_schema() {
         "documented but never produced: {missing:?}"
     );
     assert!(seen.is_subset(&documented));
+}
+
+/// The documented body of `vm.resize`.
+fn resize_schema() -> &'static Value {
+    let body = resolve(&openapi()["paths"]["/vm.resize"]["put"]["requestBody"]);
+    assert_eq!(body["required"], json!(true), "vm.resize needs its body");
+    &body["content"]["application/json"]["schema"]
+}
+
+#[test]
+fn the_resize_body_is_documented_as_the_server_reads_it() {
+    let schema = resolve(resize_schema());
+    assert_eq!(schema["type"], "object");
+    assert_eq!(schema["additionalProperties"], json!(false));
+    assert_eq!(schema["required"], json!(["width", "height"]));
+    let props = &schema["properties"];
+    let fields: BTreeSet<&str> = props
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(fields, BTreeSet::from(["display", "width", "height"]));
+    assert_eq!(
+        (
+            &props["display"]["type"],
+            &props["display"]["minimum"],
+            &props["display"]["maximum"],
+            &props["display"]["default"]
+        ),
+        (&json!("integer"), &json!(0), &json!(u32::MAX), &json!(0))
+    );
+    for side in ["width", "height"] {
+        assert_eq!(
+            (
+                &props[side]["type"],
+                &props[side]["minimum"],
+                &props[side]["maximum"]
+            ),
+            (
+                &json!("integer"),
+                &json!(pv_api::MIN_DISPLAY_SIDE),
+                &json!(pv_api::MAX_DISPLAY_SIDE)
+            ),
+            "{side}"
+        );
+    }
+}
+
+#[test]
+fn resize_is_passed_on_only_while_running() {
+    let path = socket_path("resize-states");
+    let controller = VmController::new(config(), Duration::from_millis(100));
+    let (resizes, asked) = fake_resizer();
+    let server = ApiServer::start(
+        &path,
+        controller.clone(),
+        gpus_ok(),
+        Some(fake_display()),
+        Some(resizes),
+    )
+    .unwrap();
+    let client = Client::new(&path).timeout(Duration::from_secs(20));
+    let resize = |width: u32| {
+        let r = client
+            .put(
+                "/api/v1/vm.resize",
+                Some(&format!(r#"{{"width": {width}, "height": 600}}"#)),
+            )
+            .unwrap();
+        (r.status, r.error_message())
+    };
+    let conflict = |state: &str| {
+        (
+            409,
+            format!("cannot resize a display of the VM: it is {state}"),
+        )
+    };
+    assert_eq!(resize(800), conflict("Created"), "before the first boot");
+    controller.attach(FakeMachine::new(1));
+    assert_eq!(resize(801).0, 204);
+    controller.pause().unwrap();
+    assert_eq!(resize(802), conflict("Paused"));
+    controller.resume().unwrap();
+    assert_eq!(resize(803).0, 204);
+    controller.detach(true);
+    assert_eq!(resize(804), conflict("Shutdown"));
+    assert_eq!(*asked.lock().unwrap(), [(0, 801, 600), (0, 803, 600)]);
+    server.stop();
+}
+
+#[test]
+fn hostile_resize_bodies_are_400_and_reach_nothing() {
+    let (resizes, asked) = fake_resizer();
+    let vm = Vm::with_display(
+        "resize-bodies",
+        Duration::from_millis(100),
+        gpus_ok(),
+        None,
+        Some(resizes),
+    );
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let long = format!(r#"{{"width": "{}", "height": 600}}"#, "9".repeat(60_000));
+    for (body, expect) in [
+        ("{", "malformed JSON"),
+        (r#"{"width": 800, "height": 600"#, "malformed JSON"),
+        (r#"{"width": 800, "height": 600} []"#, "malformed JSON"),
+        (r#"{"width": 1e400, "height": 600}"#, "malformed JSON"),
+        (deep.as_str(), "malformed JSON"),
+        ("[800, 600]", "must be a JSON object"),
+        ("\"800x600\"", "must be a JSON object"),
+        ("800", "must be a JSON object"),
+        ("{}", "missing field 'width'"),
+        (r#"{"height": 600}"#, "missing field 'width'"),
+        (r#"{"width": 800}"#, "missing field 'height'"),
+        (
+            r#"{"width": -800, "height": 600}"#,
+            "invalid width -800: each side must be within 32..=8192",
+        ),
+        (
+            r#"{"width": 800, "height": -1}"#,
+            "invalid height -1: each side must be within 32..=8192",
+        ),
+        (
+            r#"{"width": 0, "height": 0}"#,
+            "invalid width 0: each side must be within 32..=8192",
+        ),
+        (
+            r#"{"width": 8193, "height": 600}"#,
+            "invalid width 8193: each side must be within 32..=8192",
+        ),
+        (
+            r#"{"width": 4294967296, "height": 600}"#,
+            "invalid width 4294967296: each side must be within 32..=8192",
+        ),
+        (
+            r#"{"width": 99999999999999999999999, "height": 600}"#,
+            "invalid width 1e+23: expected a whole number of pixels within 32..=8192",
+        ),
+        (
+            r#"{"width": 800.0, "height": 600}"#,
+            "invalid width 800.0: expected a whole number of pixels within 32..=8192",
+        ),
+        (
+            r#"{"width": 800, "height": 6e2}"#,
+            "invalid height 600.0: expected a whole number of pixels within 32..=8192",
+        ),
+        (
+            r#"{"width": "800", "height": 600}"#,
+            r#"invalid width "800": expected a whole number"#,
+        ),
+        (
+            r#"{"width": null, "height": 600}"#,
+            "invalid width null: expected a whole number",
+        ),
+        (
+            r#"{"width": {"px": 800}, "height": 600}"#,
+            r#"invalid width {"px":800}: expected a whole number"#,
+        ),
+        (long.as_str(), r#"invalid width "9999999999"#),
+        (
+            r#"{"display": -1, "width": 800, "height": 600}"#,
+            "invalid display -1: expected a display number",
+        ),
+        (
+            r#"{"display": 0.5, "width": 800, "height": 600}"#,
+            "invalid display 0.5: expected a display number",
+        ),
+        (
+            r#"{"display": "1", "width": 800, "height": 600}"#,
+            r#"invalid display "1": expected a display number"#,
+        ),
+        (
+            r#"{"display": 4294967296, "width": 800, "height": 600}"#,
+            "invalid display 4294967296: the number is too large",
+        ),
+        (
+            r#"{"width": 800, "height": 600, "scale": 2}"#,
+            "unknown field 'scale': vm.resize takes display, width and height",
+        ),
+        (
+            r#"{"width": 800, "height": 600, "": 2}"#,
+            "unknown field '': vm.resize takes display, width and height",
+        ),
+        (
+            r#"{"width": 800, "height": 600, "width": 1024}"#,
+            "the field 'width' is given more than once",
+        ),
+        (
+            r#"{"display": 0, "display": 7, "width": 800, "height": 600}"#,
+            "the field 'display' is given more than once",
+        ),
+    ] {
+        let r = vm.put("vm.resize", Some(body));
+        let shown = &body[..body.len().min(60)];
+        assert_eq!(r.status, 400, "{shown}: {}", r.text());
+        validate(error_schema(), &r.json().unwrap(), "400 body").unwrap();
+        assert!(
+            r.error_message().contains(expect),
+            "{shown}: {}",
+            r.error_message()
+        );
+        assert!(r.error_message().len() < 400, "{shown}: a short message");
+        // What the server refuses, the document does not allow either (but
+        // a repeated field, which JSON Schema does not see).
+        if let Ok(sent) = serde_json::from_str::<Value>(body) {
+            if !expect.contains("more than once") {
+                assert!(
+                    validate(resize_schema(), &sent, "body").is_err(),
+                    "{shown} is a documented body"
+                );
+            }
+        }
+    }
+    assert!(
+        asked.lock().unwrap().is_empty(),
+        "nothing reached the display"
+    );
+    assert_eq!(vm.state(), "Running");
 }
 
 #[test]
@@ -889,6 +1249,7 @@ fn eight_and_more_concurrent_clients_get_correct_answers() {
         Duration::from_millis(100),
         gpus_ok(),
         Some(fake_display()),
+        None,
     );
     let red = Arc::new(png(4, 3, [255, 0, 0, 255]));
     let barrier = Arc::new(Barrier::new(CLIENTS));
@@ -1001,10 +1362,10 @@ fn stop_delivers_the_answer_to_a_request_in_flight_then_removes_the_socket() {
 fn start_refuses_a_live_socket_and_replaces_a_stale_one() {
     let path = socket_path("start");
     let controller = VmController::new(config(), Duration::from_millis(100));
-    let first = ApiServer::start(&path, controller.clone(), gpus_ok(), None).unwrap();
+    let first = ApiServer::start(&path, controller.clone(), gpus_ok(), None, None).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    let e = match ApiServer::start(&path, controller.clone(), gpus_ok(), None) {
+    let e = match ApiServer::start(&path, controller.clone(), gpus_ok(), None, None) {
         Err(e) => e,
         Ok(_) => panic!("a second server on a live socket"),
     };
@@ -1023,7 +1384,7 @@ fn start_refuses_a_live_socket_and_replaces_a_stale_one() {
     // A socket file nobody listens on is replaced.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
-    let second = ApiServer::start(&path, controller.clone(), gpus_ok(), None).unwrap();
+    let second = ApiServer::start(&path, controller.clone(), gpus_ok(), None, None).unwrap();
     assert_eq!(
         Client::new(&path).get("/api/v1/vmm.ping").unwrap().status,
         200
@@ -1032,7 +1393,7 @@ fn start_refuses_a_live_socket_and_replaces_a_stale_one() {
 
     // Anything else at the path is left alone.
     std::fs::write(&path, "precious").unwrap();
-    let e = match ApiServer::start(&path, controller, gpus_ok(), None) {
+    let e = match ApiServer::start(&path, controller, gpus_ok(), None, None) {
         Err(e) => e,
         Ok(_) => panic!("started over a regular file"),
     };
@@ -1043,6 +1404,7 @@ fn start_refuses_a_live_socket_and_replaces_a_stale_one() {
         "/nonexistent-dir/pv.sock",
         VmController::new(config(), Duration::ZERO),
         gpus_ok(),
+        None,
         None,
     ) {
         Err(e) => e,

@@ -157,13 +157,48 @@ pub struct CtlArgs {
     /// The request to send.
     #[arg(value_enum)]
     pub request: CtlRequest,
+    /// With resize, and required there: the size to ask for, e.g. 1920x1080.
+    #[arg(value_name = "WIDTHxHEIGHT", value_parser = parse_display_size)]
+    pub size: Option<DisplaySize>,
     /// With screenshot, and required there: the file to write the PNG to
     /// (- for stdout, unless it is a terminal).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// With screenshot: which display (scanout) to capture, from 0 [default: 0].
+    /// With screenshot and resize: which display (scanout), from 0 [default: 0].
     #[arg(long, value_name = "N")]
     pub display: Option<u32>,
+}
+
+/// A display size given as `WIDTHxHEIGHT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DisplaySize {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Parses `1920x1080`: two decimal numbers joined by `x`. The range is the
+/// server's to check (its message says it).
+pub fn parse_display_size(s: &str) -> Result<DisplaySize, String> {
+    let usage = "expected WIDTHxHEIGHT, like 1920x1080";
+    let Some((width, height)) = s.split_once('x') else {
+        return Err(format!("no 'x' between width and height: {usage}"));
+    };
+    let number = |what: &str, v: &str| -> Result<u32, String> {
+        if v.is_empty() {
+            return Err(format!("the {what} is missing: {usage}"));
+        }
+        if !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "the {what} '{v}' is not a whole number of pixels: {usage}"
+            ));
+        }
+        v.parse()
+            .map_err(|_| format!("the {what} '{v}' is too large: {usage}"))
+    };
+    Ok(DisplaySize {
+        width: number("width", width)?,
+        height: number("height", height)?,
+    })
 }
 
 /// What `pearvisor ctl` can ask.
@@ -191,6 +226,8 @@ pub enum CtlRequest {
     Gpus,
     /// The guest's display as a PNG, written to -o FILE (GET vm.screenshot).
     Screenshot,
+    /// Ask the guest to switch its display to WIDTHxHEIGHT (PUT vm.resize).
+    Resize,
 }
 
 /// Parses durations like `10s`, `500ms`, `2m`, `1h` (a bare number is seconds).
@@ -243,6 +280,63 @@ mod tests {
     }
 
     #[test]
+    fn display_sizes() {
+        let size = |width, height| Ok(DisplaySize { width, height });
+        assert_eq!(parse_display_size("1920x1080"), size(1920, 1080));
+        assert_eq!(
+            parse_display_size("10x10"),
+            size(10, 10),
+            "range: the server's"
+        );
+        assert_eq!(parse_display_size("0800x0600"), size(800, 600));
+        assert_eq!(
+            parse_display_size("4294967295x1"),
+            size(u32::MAX, 1),
+            "the server refuses it with its message"
+        );
+        for (bad, message) in [
+            ("", "no 'x' between width and height"),
+            ("800", "no 'x' between width and height"),
+            ("800*600", "no 'x' between width and height"),
+            ("800X600", "no 'x' between width and height"),
+            ("10x", "the height is missing"),
+            ("x600", "the width is missing"),
+            ("x", "the width is missing"),
+            (
+                "800x600x2",
+                "the height '600x2' is not a whole number of pixels",
+            ),
+            (
+                "-800x600",
+                "the width '-800' is not a whole number of pixels",
+            ),
+            (
+                "+800x600",
+                "the width '+800' is not a whole number of pixels",
+            ),
+            (
+                "800.5x600",
+                "the width '800.5' is not a whole number of pixels",
+            ),
+            (
+                " 800x600",
+                "the width ' 800' is not a whole number of pixels",
+            ),
+            (
+                "800x600 ",
+                "the height '600 ' is not a whole number of pixels",
+            ),
+            ("4294967296x600", "the width '4294967296' is too large"),
+        ] {
+            assert_eq!(
+                parse_display_size(bad),
+                Err(format!("{message}: expected WIDTHxHEIGHT, like 1920x1080")),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn ctl_requests_are_kebab_case() {
         use clap::ValueEnum;
         let names: Vec<String> = CtlRequest::value_variants()
@@ -262,7 +356,8 @@ mod tests {
                 "counters",
                 "metrics",
                 "gpus",
-                "screenshot"
+                "screenshot",
+                "resize"
             ]
         );
     }

@@ -1,7 +1,8 @@
 //! `pearvisor ctl`: one request to a running VM's API socket, the answer on
 //! stdout (JSON pretty-printed, metrics as text, nothing for actions; a
 //! screenshot's PNG into the `-o` file, nothing on stdout) and the server's
-//! message on stderr when it fails.
+//! message on stderr when it fails. `resize WIDTHxHEIGHT` sends
+//! `vm.resize`'s JSON body.
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 
 use pv_api::client::{Client, Response};
 use pv_api::{Endpoint, PNG_SIGNATURE};
+use serde_json::json;
 
 use crate::cli::{CtlArgs, CtlRequest};
 
@@ -28,6 +30,7 @@ impl CtlRequest {
             CtlRequest::Metrics => Endpoint::Metrics,
             CtlRequest::Gpus => Endpoint::Gpus,
             CtlRequest::Screenshot => Endpoint::Screenshot,
+            CtlRequest::Resize => Endpoint::Resize,
         }
     }
 }
@@ -61,12 +64,19 @@ pub fn run(args: &CtlArgs) -> ExitCode {
         return fail(&e);
     }
     let endpoint = args.request.endpoint();
-    let path = match args.display {
-        Some(n) => format!("{}?display={n}", endpoint.path()),
-        None => endpoint.path(),
+    let (path, body) = match (args.request, args.display, args.size) {
+        (CtlRequest::Screenshot, Some(n), _) => (format!("{}?display={n}", endpoint.path()), None),
+        (CtlRequest::Resize, display, Some(size)) => {
+            let mut body = json!({"width": size.width, "height": size.height});
+            if let Some(n) = display {
+                body["display"] = json!(n);
+            }
+            (endpoint.path(), Some(body.to_string()))
+        }
+        _ => (endpoint.path(), None),
     };
     let client = Client::new(&args.socket);
-    let response = match client.request(endpoint.method().as_str(), &path, None) {
+    let response = match client.request(endpoint.method().as_str(), &path, body.as_deref()) {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
@@ -100,9 +110,20 @@ pub fn run(args: &CtlArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `-o` is required with `screenshot` and, like `--display`, refused with
-/// anything else; `-o -` is refused up front when stdout is a terminal.
+/// `-o` is required with `screenshot` and refused with anything else, a
+/// size is required with `resize` and refused with anything else,
+/// `--display` goes with both; `-o -` is refused up front when stdout is a
+/// terminal.
 fn check_options(args: &CtlArgs) -> Result<(), CtlError> {
+    match (args.request, args.size) {
+        (CtlRequest::Resize, None) => {
+            return Err(CtlError::Usage(
+                "resize needs the size as WIDTHxHEIGHT, like 1920x1080",
+            ))
+        }
+        (CtlRequest::Resize, Some(_)) | (_, None) => {}
+        (_, Some(_)) => return Err(CtlError::Usage("WIDTHxHEIGHT goes only with resize")),
+    }
     match (args.request, &args.output) {
         (CtlRequest::Screenshot, None) => Err(CtlError::Usage(
             "screenshot needs -o FILE, the file to write the PNG to (- for stdout)",
@@ -112,9 +133,10 @@ fn check_options(args: &CtlArgs) -> Result<(), CtlError> {
         }
         (CtlRequest::Screenshot, Some(_)) => Ok(()),
         (_, Some(_)) => Err(CtlError::Usage("-o/--output goes only with screenshot")),
-        (_, None) if args.display.is_some() => {
-            Err(CtlError::Usage("--display goes only with screenshot"))
-        }
+        (CtlRequest::Resize, None) => Ok(()),
+        (_, None) if args.display.is_some() => Err(CtlError::Usage(
+            "--display goes only with screenshot and resize",
+        )),
         (_, None) => Ok(()),
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use pv_api::{ApiServer, GpuInventory, ScreenshotError, Screenshots};
+use pv_api::{ApiServer, GpuInventory, ResizeError, Resizes, ScreenshotError, Screenshots};
 use pv_display::{Display, DisplayError, InputEvent, InputSink, WebViewer};
 use pv_vmm::config::{parse_size, BlockParams, DisplayMode, GpuParams, SerialMode, VmConfig};
 use pv_vmm::control::VmController;
@@ -29,6 +29,12 @@ const DEFAULT_IMAGE_CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1";
 const GPU_RUNTIME_SHOWN: &[&str] = &["libvirglrenderer1", "mesa-vulkan-drivers", "libc6"];
 /// Command line used with a user-supplied kernel and no --cmdline.
 const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet";
+
+// `vm.resize` checks (and documents) the sizes the display takes.
+const _: () = assert!(
+    pv_api::MIN_DISPLAY_SIDE == pv_display::store::MIN_REQUEST_DIMENSION
+        && pv_api::MAX_DISPLAY_SIDE == pv_display::store::MAX_REQUEST_DIMENSION
+);
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
@@ -281,6 +287,20 @@ impl Screens {
         })
     }
 
+    /// Size requests for the API's `vm.resize`, passed to the guest through
+    /// the running machine's GPU.
+    fn resizes(&self) -> Resizes {
+        let display = self.display.clone();
+        Arc::new(move |n, width, height| {
+            display.request_size(n, width, height).map_err(|e| match e {
+                DisplayError::NoSuchDisplay { .. } => ResizeError::NoSuchDisplay(e.to_string()),
+                DisplayError::BadSize { .. } => ResizeError::BadSize(e.to_string()),
+                DisplayError::NoResizer(_) => ResizeError::Unavailable(e.to_string()),
+                _ => ResizeError::Failed(e.to_string()),
+            })
+        })
+    }
+
     fn stop(self) {
         if let Some(web) = self.web {
             web.stop();
@@ -382,6 +402,7 @@ fn run(args: RunArgs) -> Result<ExitCode> {
                 controller.clone(),
                 gpu_inventory(),
                 screens.as_ref().map(Screens::screenshots),
+                screens.as_ref().map(Screens::resizes),
             )
             .context("cannot start the API server")?,
         ),
@@ -533,5 +554,66 @@ mod tests {
     fn only_window_mode_needs_a_display_server() {
         assert!(check_window_display(&config(DisplayMode::Headless, true)).is_ok());
         assert!(check_window_display(&config(DisplayMode::Window, false)).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod resize_tests {
+    use super::*;
+    use pv_display::ResizeSink;
+
+    /// A GPU that takes display 0's requests and refuses display 1's.
+    #[derive(Default)]
+    struct Gpu(Mutex<Vec<(u32, u32, u32)>>);
+
+    impl ResizeSink for Gpu {
+        fn request_size(&self, scanout: u32, width: u32, height: u32) -> Result<(), String> {
+            if scanout == 1 {
+                return Err("no display 1".into());
+            }
+            self.0.lock().unwrap().push((scanout, width, height));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn display_errors_map_to_resize_errors() {
+        let screens = Screens {
+            display: Arc::new(Display::new(2)),
+            input: Arc::default(),
+            takes_input: false,
+            web: None,
+            #[cfg(feature = "window")]
+            window: None,
+        };
+        let resize = screens.resizes();
+        assert_eq!(
+            resize(0, 800, 600),
+            Err(ResizeError::Unavailable(
+                "cannot resize display 0: no GPU is connected to ask the guest".into()
+            ))
+        );
+        let gpu = Arc::new(Gpu::default());
+        screens
+            .display
+            .connect_resizer(Some(gpu.clone() as Arc<dyn ResizeSink>));
+        assert_eq!(resize(0, 800, 600), Ok(()));
+        assert_eq!(*gpu.0.lock().unwrap(), [(0, 800, 600)]);
+        assert_eq!(
+            resize(2, 800, 600),
+            Err(ResizeError::NoSuchDisplay(
+                "display 2 does not exist (the VM has 2)".into()
+            ))
+        );
+        assert!(
+            matches!(resize(0, 16, 600), Err(ResizeError::BadSize(m)) if m.contains("from 32 to 8192")),
+        );
+        assert_eq!(
+            resize(1, 800, 600),
+            Err(ResizeError::Failed(
+                "the GPU refused to resize display 1: no display 1".into()
+            ))
+        );
+        assert_eq!(gpu.0.lock().unwrap().len(), 1);
     }
 }

@@ -1,6 +1,6 @@
 //! `pearvisor ctl` and `run --api-socket` at the command line, without KVM:
 //! `ctl` talks to a pv-api server started in this process around a fake
-//! machine (and, for screenshots, a fake display).
+//! machine (and, for screenshots and resizes, a fake display).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pv_api::{ApiServer, GpuInventory, ScreenshotError, Screenshots};
+use pv_api::{ApiServer, GpuInventory, ResizeError, Resizes, ScreenshotError, Screenshots};
 use pv_vmm::config::VmConfig;
 use pv_vmm::control::{MachineOps, VmController};
 use pv_vmm::vm::{VcpuMetrics, VmError, VmExitReason};
@@ -82,14 +82,15 @@ impl MachineOps for FakeMachine {
 
 /// A booted fake VM behind an API server at a fresh socket; no display.
 fn serve(name: &str, gpus: GpuInventory) -> (PathBuf, ApiServer, Arc<FakeMachine>) {
-    serve_with(name, gpus, None)
+    serve_with(name, gpus, None, None)
 }
 
-/// The same with `screenshots` as its display.
+/// The same with `screenshots` and `resizes` as its display.
 fn serve_with(
     name: &str,
     gpus: GpuInventory,
     screenshots: Option<Screenshots>,
+    resizes: Option<Resizes>,
 ) -> (PathBuf, ApiServer, Arc<FakeMachine>) {
     let config: VmConfig =
         serde_json::from_value(json!({"kernel": "/boot/vmlinuz", "cpus": 1})).unwrap();
@@ -101,7 +102,7 @@ fn serve_with(
     machine.metrics[0].io_out.fetch_add(42, Ordering::Relaxed);
     controller.attach(machine.clone());
     let path = socket_path(name);
-    let server = ApiServer::start(&path, controller, gpus, screenshots).unwrap();
+    let server = ApiServer::start(&path, controller, gpus, screenshots, resizes).unwrap();
     (path, server, machine)
 }
 
@@ -132,6 +133,25 @@ fn two_displays() -> Screenshots {
             "display {n} does not exist (the VM has 2)"
         ))),
     })
+}
+
+/// The sizes passed on, as (display, width, height).
+type Asked = Arc<Mutex<Vec<(u32, u32, u32)>>>;
+
+/// Size requests for two displays, recorded.
+fn two_resizable_displays() -> (Resizes, Asked) {
+    let asked = Asked::default();
+    let passed = asked.clone();
+    let resizes: Resizes = Arc::new(move |display, width, height| {
+        if display > 1 {
+            return Err(ResizeError::NoSuchDisplay(format!(
+                "display {display} does not exist (the VM has 2)"
+            )));
+        }
+        passed.lock().unwrap().push((display, width, height));
+        Ok(())
+    });
+    (resizes, asked)
 }
 
 fn temp_file(name: &str) -> PathBuf {
@@ -258,7 +278,7 @@ fn ctl_prints_the_gpu_inventory() {
 
 #[test]
 fn ctl_screenshot_writes_the_png_and_nothing_else() {
-    let (path, server, _) = serve_with("screenshot", no_gpus(), Some(two_displays()));
+    let (path, server, _) = serve_with("screenshot", no_gpus(), Some(two_displays()), None);
     let p = path.to_str().unwrap();
     let file = temp_file("screen.png");
     let f = file.to_str().unwrap();
@@ -362,7 +382,7 @@ fn ctl_screenshot_options_are_checked_before_anything_is_sent() {
         ),
         (
             &["pause", "--display", "0"],
-            "--display goes only with screenshot",
+            "--display goes only with screenshot and resize",
         ),
     ] {
         let mut argv = vec!["ctl", "--socket", p];
@@ -396,12 +416,182 @@ fn ctl_screenshot_options_are_checked_before_anything_is_sent() {
 }
 
 #[test]
+fn ctl_resize_sends_the_size_and_prints_nothing() {
+    let (resizes, asked) = two_resizable_displays();
+    let (path, server, machine) = serve_with("resize", no_gpus(), None, Some(resizes));
+    let p = path.to_str().unwrap();
+    let (rc, out, err) = pv(&["ctl", "--socket", p, "resize", "800x600"]);
+    assert_eq!((rc, out.as_str(), err.as_str()), (0, "", ""));
+    let (rc, out, err) = pv(&[
+        "ctl",
+        "--socket",
+        p,
+        "resize",
+        "--display",
+        "1",
+        "1920x1080",
+    ]);
+    assert_eq!((rc, out.as_str(), err.as_str()), (0, "", ""));
+    assert_eq!(*asked.lock().unwrap(), [(0, 800, 600), (1, 1920, 1080)]);
+
+    // The server's refusals: its message, exit 1.
+    for (args, message) in [
+        (
+            &["resize", "10x600"][..],
+            "invalid width 10: each side must be within 32..=8192 pixels (HTTP 400)",
+        ),
+        (
+            &["resize", "800x9000"],
+            "invalid height 9000: each side must be within 32..=8192 pixels (HTTP 400)",
+        ),
+        (
+            &["resize", "4294967295x600"],
+            "invalid width 4294967295: each side must be within 32..=8192 pixels (HTTP 400)",
+        ),
+        (
+            &["resize", "800x600", "--display", "7"],
+            "display 7 does not exist (the VM has 2) (HTTP 404)",
+        ),
+    ] {
+        let mut argv = vec!["ctl", "--socket", p];
+        argv.extend_from_slice(args);
+        let (rc, out, err) = pv(&argv);
+        assert_eq!(rc, 1, "{args:?}: {err}");
+        assert!(out.is_empty());
+        assert_eq!(
+            err.trim_end(),
+            format!("pearvisor ctl: {message}"),
+            "{args:?}"
+        );
+    }
+    assert_eq!(pv(&["ctl", "--socket", p, "pause"]).0, 0);
+    assert!(machine.paused.load(Ordering::SeqCst));
+    let (rc, _, err) = pv(&["ctl", "--socket", p, "resize", "800x600"]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err.trim_end(),
+        "pearvisor ctl: cannot resize a display of the VM: it is Paused (HTTP 409)"
+    );
+    assert_eq!(
+        asked.lock().unwrap().len(),
+        2,
+        "nothing refused was passed on"
+    );
+    server.stop();
+
+    // A VM without a display.
+    let (path, server, _) = serve("resize-no-display", no_gpus());
+    let (rc, _, err) = pv(&[
+        "ctl",
+        "--socket",
+        path.to_str().unwrap(),
+        "resize",
+        "800x600",
+    ]);
+    assert_eq!(rc, 1);
+    assert_eq!(
+        err.trim_end(),
+        "pearvisor ctl: the VM has no display: start it with --gpu (HTTP 409)"
+    );
+    server.stop();
+}
+
+#[test]
+fn ctl_resize_arguments_are_checked_before_anything_is_sent() {
+    // No server: bad arguments are refused before ctl connects.
+    let path = socket_path("resize-options");
+    let p = path.to_str().unwrap();
+    let usage = "expected WIDTHxHEIGHT, like 1920x1080";
+    for (args, message) in [
+        (
+            &["resize", "10x"][..],
+            format!("the height is missing: {usage}"),
+        ),
+        (
+            &["resize", "x600"],
+            format!("the width is missing: {usage}"),
+        ),
+        (
+            &["resize", "800"],
+            format!("no 'x' between width and height: {usage}"),
+        ),
+        (
+            &["resize", "800:600"],
+            format!("no 'x' between width and height: {usage}"),
+        ),
+        (
+            &["resize", "800x600x32"],
+            format!("the height '600x32' is not a whole number of pixels: {usage}"),
+        ),
+        (
+            &["resize", "800.5x600"],
+            format!("the width '800.5' is not a whole number of pixels: {usage}"),
+        ),
+        (
+            &["resize", "wide x tall"],
+            format!("the width 'wide ' is not a whole number of pixels: {usage}"),
+        ),
+        (
+            &["resize", "99999999999x600"],
+            format!("the width '99999999999' is too large: {usage}"),
+        ),
+    ] {
+        let mut argv = vec!["ctl", "--socket", p];
+        argv.extend_from_slice(args);
+        let (rc, out, err) = pv(&argv);
+        assert_eq!(rc, 2, "{args:?}: {err}");
+        assert!(out.is_empty());
+        assert!(
+            err.contains(&format!(
+                "invalid value '{}' for '[WIDTHxHEIGHT]': {message}",
+                args[1]
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    for (args, message) in [
+        (
+            &["resize"][..],
+            "resize needs the size as WIDTHxHEIGHT, like 1920x1080",
+        ),
+        (
+            &["resize", "--display", "1"],
+            "resize needs the size as WIDTHxHEIGHT, like 1920x1080",
+        ),
+        (&["info", "800x600"], "WIDTHxHEIGHT goes only with resize"),
+        (
+            &["screenshot", "800x600", "-o", "x.png"],
+            "WIDTHxHEIGHT goes only with resize",
+        ),
+        (
+            &["resize", "800x600", "-o", "x.png"],
+            "-o/--output goes only with screenshot",
+        ),
+    ] {
+        let mut argv = vec!["ctl", "--socket", p];
+        argv.extend_from_slice(args);
+        let (rc, out, err) = pv(&argv);
+        assert_eq!(rc, 2, "{args:?}: {err}");
+        assert!(out.is_empty());
+        assert_eq!(
+            err.trim_end(),
+            format!("pearvisor ctl: {message}"),
+            "{args:?}"
+        );
+    }
+    // A negative size reads as an option: clap's usage error too.
+    let (rc, _, err) = pv(&["ctl", "--socket", p, "resize", "-800x600"]);
+    assert_eq!(rc, 2, "{err}");
+    assert!(!path.exists());
+}
+
+#[test]
 fn ctl_screenshot_refuses_to_write_to_a_terminal() {
     let Some((_master, tty)) = open_pty() else {
         eprintln!("no pseudo-terminal here: skipped");
         return;
     };
-    let (path, server, _) = serve_with("tty", no_gpus(), Some(two_displays()));
+    let (path, server, _) = serve_with("tty", no_gpus(), Some(two_displays()), None);
     let p = path.to_str().unwrap();
     let t = tty.to_str().unwrap();
     let (rc, _, err) = pv(&["ctl", "--socket", p, "screenshot", "-o", t]);
@@ -530,6 +720,8 @@ fn bad_shutdown_grace_and_help() {
         "metrics",
         "gpus",
         "screenshot",
+        "resize",
+        "[WIDTHxHEIGHT]",
         "-o, --output <FILE>",
         "--display <N>",
     ] {
