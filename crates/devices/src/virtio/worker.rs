@@ -44,6 +44,13 @@ pub trait QueueHandler: Send + 'static {
 /// re-checking after re-enabling notifications so no kick is lost. Returns
 /// true when the driver should be interrupted. A broken ring (bad addresses
 /// written by the guest) stops processing and is logged.
+///
+/// When more chains arrived while a batch was handled and the driver wants
+/// to hear about the used ones, it returns true at once, leaving the new
+/// chains available: a driver waiting for one response must not wait until
+/// the device runs out of work (a guest that keeps the queue busy, such as
+/// a console cursor blinking on a slow display, would otherwise never get
+/// an interrupt). [`serve`] interrupts and comes straight back for the rest.
 pub fn drain_queue<F>(queue: &mut Queue, mem: &GuestMemory, mut handle: F) -> bool
 where
     F: FnMut(DescriptorChain<&GuestMemory>) -> u32,
@@ -86,7 +93,12 @@ where
             used_any = true;
         }
         match queue.enable_notification(mem) {
-            Ok(true) if !stuck => continue,
+            Ok(true) if !stuck => {
+                if used_any && queue.needs_notification(mem).unwrap_or(true) {
+                    return true;
+                }
+                continue;
+            }
             Ok(true) => {
                 log::warn!("virtio queue: the available ring names buffers that don't exist");
                 break;
@@ -235,6 +247,12 @@ impl<H: QueueHandler> Drop for Worker<H> {
     }
 }
 
+/// Runs the handler over queue `index` and interrupts the driver when asked;
+/// again while the handler consumed chains and more are available (a
+/// handler stops early so that the driver hears about used buffers; see
+/// [`drain_queue_deferred`]). A handler that leaves chains in the ring on
+/// purpose (an event queue waiting for events) consumes none and is not run
+/// again.
 fn run_queue<H: QueueHandler + ?Sized>(
     handler: &mut H,
     index: usize,
@@ -242,7 +260,199 @@ fn run_queue<H: QueueHandler + ?Sized>(
     mem: &Arc<GuestMemory>,
     interrupt: &dyn Interrupt,
 ) {
-    if handler.process_queue(index, queue, mem) {
-        interrupt.trigger(InterruptKind::Queue(index as u16));
+    loop {
+        let before = queue.next_avail();
+        if handler.process_queue(index, queue, mem) {
+            interrupt.trigger(InterruptKind::Queue(index as u16));
+        }
+        let consumed = queue.next_avail() != before;
+        let more = queue
+            .avail_idx(mem.as_ref(), std::sync::atomic::Ordering::Acquire)
+            .is_ok_and(|idx| idx.0 != queue.next_avail());
+        if !(consumed && more) {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+
+    const SIZE: u16 = 16;
+
+    /// A driver: one writable descriptor per chain, heads in order, and
+    /// the used_event it asks interrupts with.
+    struct Driver {
+        mem: Arc<GuestMemory>,
+        desc: u64,
+        avail: u64,
+        added: u16,
+    }
+
+    impl Driver {
+        /// The driver and the device's queue (descriptors at 0x1000, the
+        /// available ring at 0x2000, the used ring at 0x3000).
+        fn new() -> (Self, Queue) {
+            let mem = Arc::new(GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
+            let mut q = Queue::new(SIZE).unwrap();
+            q.set_size(SIZE);
+            q.set_desc_table_address(Some(0x1000), Some(0));
+            q.set_avail_ring_address(Some(0x2000), Some(0));
+            q.set_used_ring_address(Some(0x3000), Some(0));
+            q.set_ready(true);
+            q.set_event_idx(true);
+            let d = Self {
+                mem,
+                desc: 0x1000,
+                avail: 0x2000,
+                added: 0,
+            };
+            (d, q)
+        }
+
+        /// Makes one more chain available.
+        fn add(&mut self) {
+            let head = self.added % SIZE;
+            let at = self.desc + 16 * u64::from(head);
+            let m = &self.mem;
+            m.write_obj(0x8_0000 + u64::from(head) * 0x100, GuestAddress(at))
+                .unwrap();
+            m.write_obj(0x100u32, GuestAddress(at + 8)).unwrap();
+            m.write_obj(VRING_DESC_F_WRITE as u16, GuestAddress(at + 12))
+                .unwrap();
+            m.write_obj(0u16, GuestAddress(at + 14)).unwrap();
+            m.write_obj(head, GuestAddress(self.avail + 4 + 2 * u64::from(head)))
+                .unwrap();
+            self.added += 1;
+            m.write_obj(self.added, GuestAddress(self.avail + 2))
+                .unwrap();
+        }
+
+        /// Asks for an interrupt once the used index passes `idx`.
+        fn set_used_event(&self, idx: u16) {
+            let at = self.avail + 4 + 2 * u64::from(SIZE);
+            self.mem.write_obj(idx, GuestAddress(at)).unwrap();
+        }
+    }
+
+    #[test]
+    fn drain_returns_early_when_the_driver_waits_and_more_arrived() {
+        let (mut driver, mut q) = Driver::new();
+        let mem = driver.mem.clone();
+        driver.set_used_event(0);
+        driver.add();
+        let mut handled = 0;
+        // While the first chain is handled, the driver adds a second one.
+        let notify = drain_queue_deferred(&mut q, &mem, |_| {
+            handled += 1;
+            if driver.added < 2 {
+                driver.add();
+            }
+            Some(8)
+        });
+        assert!(notify, "the driver waits for the first response");
+        assert_eq!(handled, 1, "the second chain waits for the next round");
+        assert_eq!((q.next_used(), q.next_avail()), (1, 1));
+
+        // A driver that asks for no interrupt yet: the loop goes on to the end.
+        let (mut driver, mut q) = Driver::new();
+        let mem = driver.mem.clone();
+        driver.set_used_event(100);
+        driver.add();
+        let mut handled = 0;
+        let notify = drain_queue_deferred(&mut q, &mem, |_| {
+            handled += 1;
+            if driver.added < 3 {
+                driver.add();
+            }
+            Some(8)
+        });
+        assert!(!notify);
+        assert_eq!(handled, 3);
+    }
+
+    #[derive(Default)]
+    struct Counting(Arc<AtomicU64>);
+
+    impl Interrupt for Counting {
+        fn trigger(&self, _kind: InterruptKind) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Adds a chain while handling each of the first chains (up to `total`)
+    /// and records how many interrupts the driver had when each chain was
+    /// handled. With `consume` false it leaves the ring alone (an event
+    /// queue waiting for events).
+    struct Busy {
+        driver: Driver,
+        interrupts: Arc<AtomicU64>,
+        total: u16,
+        seen: Vec<u64>,
+        consume: bool,
+    }
+
+    impl QueueHandler for Busy {
+        fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+            if !self.consume {
+                return false;
+            }
+            drain_queue_deferred(queue, mem, |_| {
+                self.seen.push(self.interrupts.load(Ordering::SeqCst));
+                if self.driver.added < self.total {
+                    self.driver.add();
+                    // The driver re-arms after each response it reads.
+                    self.driver.set_used_event(self.driver.added - 2);
+                }
+                Some(8)
+            })
+        }
+    }
+
+    #[test]
+    fn run_queue_interrupts_between_batches_of_a_busy_queue() {
+        let (mut driver, mut q) = Driver::new();
+        let mem = driver.mem.clone();
+        driver.set_used_event(0);
+        driver.add();
+        let interrupt = Counting::default();
+        let mut busy = Busy {
+            driver,
+            interrupts: interrupt.0.clone(),
+            total: 5,
+            seen: Vec::new(),
+            consume: true,
+        };
+        run_queue(&mut busy, 0, &mut q, &mem, &interrupt);
+        assert_eq!(q.next_used(), 5, "every chain is served in one run");
+        // Each chain after the first was handled after the driver had been
+        // interrupted for the one before.
+        assert_eq!(busy.seen, vec![0, 1, 2, 3, 4]);
+        // The last chain's driver never asked past used index 3.
+        assert_eq!(interrupt.0.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn run_queue_leaves_a_queue_the_handler_keeps() {
+        let (mut driver, mut q) = Driver::new();
+        let mem = driver.mem.clone();
+        driver.add();
+        let interrupt = Counting::default();
+        let mut busy = Busy {
+            driver,
+            interrupts: interrupt.0.clone(),
+            total: 1,
+            seen: Vec::new(),
+            consume: false,
+        };
+        // Returns although a chain stays available.
+        run_queue(&mut busy, 0, &mut q, &mem, &interrupt);
+        assert_eq!((q.next_avail(), interrupt.0.load(Ordering::SeqCst)), (0, 0));
     }
 }
