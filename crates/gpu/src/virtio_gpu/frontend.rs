@@ -283,6 +283,7 @@ impl Frontend {
             return;
         };
         for event in gpu.signalled() {
+            log::trace!("virtio-gpu: signalled {event:?}");
             match event.timeline {
                 Timeline::Global => add(&self.metrics.fences_global, 1),
                 Timeline::Context { .. } => add(&self.metrics.fences_context, 1),
@@ -324,6 +325,13 @@ impl Frontend {
                     if p.armed {
                         self.metrics.record_fence_latency(p.since.elapsed());
                     }
+                    log::trace!(
+                        "virtio-gpu: fence {} on {:?} done after {:?} (armed: {})",
+                        p.fence_id,
+                        p.timeline,
+                        p.since.elapsed(),
+                        p.armed
+                    );
                     if let Err(e) = q.add_used(mem, p.head, p.len) {
                         log::warn!("virtio-gpu: cannot complete fenced chain: {e}");
                         continue;
@@ -372,6 +380,14 @@ impl Frontend {
             Err(e) => return (hdr, Err(CommandError::Decode(e))),
         };
         add(&self.metrics.commands[command_index(&cmd)], 1);
+        log::trace!(
+            "virtio-gpu: {} ctx {} flags {:#x} fence {} ring {}",
+            cmd.name(),
+            hdr.ctx_id,
+            hdr.flags,
+            hdr.fence_id,
+            hdr.ring_idx
+        );
         if let GpuCommand::Submit3d { size } = cmd {
             return (
                 hdr,
