@@ -444,10 +444,7 @@ fn random_3d_requests_are_answered_and_the_device_survives() {
                 );
                 r
             }
-            3 => map_blob(
-                id,
-                rng.pick(&[0u64, 4096, 0x10000, 0xfff, 1 << 20, !4095]),
-            ),
+            3 => map_blob(id, rng.pick(&[0u64, 4096, 0x10000, 0xfff, 1 << 20, !4095])),
             4 => req(CMD_RESOURCE_UNMAP_BLOB, 0, 0, 0, 0, &[id, 0]),
             5 => req(
                 CMD_RESOURCE_CREATE_3D,
