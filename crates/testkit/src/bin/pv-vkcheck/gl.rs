@@ -14,6 +14,7 @@ use libloading::Library;
 type EglDisplay = *mut c_void;
 type EglConfig = *mut c_void;
 type EglContext = *mut c_void;
+type EglSurface = *mut c_void;
 type EglInt = i32;
 type GlEnum = u32;
 type GlUint = u32;
@@ -21,6 +22,9 @@ type GlInt = i32;
 
 const EGL_NONE: EglInt = 0x3038;
 const EGL_PLATFORM_SURFACELESS_MESA: u32 = 0x31DD;
+const EGL_PLATFORM_GBM_KHR: u32 = 0x31D7;
+const EGL_WINDOW_BIT: EglInt = 0x0004;
+const EGL_NATIVE_VISUAL_ID: EglInt = 0x302E;
 const EGL_RENDERABLE_TYPE: EglInt = 0x3040;
 const EGL_SURFACE_TYPE: EglInt = 0x3033;
 const EGL_OPENGL_ES3_BIT: EglInt = 0x0040;
@@ -97,6 +101,10 @@ functions!(Egl {
     eglDestroyContext: fn(EglDisplay, EglContext) -> u32;
     eglTerminate: fn(EglDisplay) -> u32;
     eglGetError: fn() -> EglInt;
+    eglGetConfigAttrib: fn(EglDisplay, EglConfig, EglInt, *mut EglInt) -> u32;
+    eglCreatePlatformWindowSurface: fn(EglDisplay, EglConfig, *mut c_void, *const isize) -> EglSurface;
+    eglDestroySurface: fn(EglDisplay, EglSurface) -> u32;
+    eglSwapBuffers: fn(EglDisplay, EglSurface) -> u32;
 });
 
 functions!(Gles {
@@ -129,12 +137,27 @@ functions!(Gles {
     glDrawArrays: fn(GlEnum, i32, i32);
 });
 
-/// An EGL display with a current GLES 3 context and no surface.
+/// Where a [`Gl`] draws.
+pub enum Platform {
+    /// EGL's surfaceless platform: no surface, draw into renderbuffers.
+    Surfaceless,
+    /// A GBM device with a window surface of that device (a `gbm_surface`
+    /// whose buffers have the DRM format `format`).
+    Gbm {
+        device: *mut c_void,
+        surface: *mut c_void,
+        format: u32,
+    },
+}
+
+/// An EGL display with a current GLES 3 context (and a window surface on
+/// the GBM platform).
 pub struct Gl {
     egl: Egl,
     gl: Gles,
     display: EglDisplay,
     context: EglContext,
+    surface: EglSurface,
     program: GlUint,
     pub vendor: String,
     pub renderer: String,
@@ -152,7 +175,12 @@ fn c_string(p: *const c_char) -> String {
 }
 
 impl Gl {
+    /// A surfaceless context.
     pub fn new() -> Result<Self> {
+        Self::open(Platform::Surfaceless)
+    }
+
+    pub fn open(platform: Platform) -> Result<Self> {
         // SAFETY: loading libglvnd runs its initializers; nothing else in
         // this process uses EGL or GL.
         let (egl_lib, gl_lib) = unsafe {
@@ -163,17 +191,18 @@ impl Gl {
         };
         let egl = Egl::load(&egl_lib)?;
         let gl = Gles::load(&gl_lib)?;
-        // SAFETY: EGL calls with valid arguments; the display and context
-        // are released in Drop (or below on failure).
+        let (kind, native) = match platform {
+            Platform::Surfaceless => (EGL_PLATFORM_SURFACELESS_MESA, std::ptr::null_mut()),
+            Platform::Gbm { device, .. } => (EGL_PLATFORM_GBM_KHR, device),
+        };
+        // SAFETY: EGL calls with valid arguments (a GBM device the caller
+        // keeps alive); the display, surface and context are released in
+        // Drop (or below on failure).
         unsafe {
-            let display = (egl.eglGetPlatformDisplay)(
-                EGL_PLATFORM_SURFACELESS_MESA,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-            );
+            let display = (egl.eglGetPlatformDisplay)(kind, native, std::ptr::null());
             if display.is_null() {
                 bail!(
-                    "no surfaceless EGL display (error {:#x})",
+                    "no EGL display for platform {kind:#x} (error {:#x})",
                     (egl.eglGetError)()
                 );
             }
@@ -183,21 +212,41 @@ impl Gl {
             }
             let egl_vendor = c_string((egl.eglQueryString)(display, EGL_VENDOR));
             (egl.eglBindAPI)(EGL_OPENGL_ES_API);
-            // No surface type: the default (a window) has no surfaceless config.
+            // Surfaceless: no surface type (the default, a window, has no
+            // surfaceless config). GBM: a window config whose native visual
+            // is the surface's format.
+            let surface_type = match platform {
+                Platform::Surfaceless => 0,
+                Platform::Gbm { .. } => EGL_WINDOW_BIT,
+            };
             let attrs = [
                 EGL_RENDERABLE_TYPE,
                 EGL_OPENGL_ES3_BIT,
                 EGL_SURFACE_TYPE,
-                0,
+                surface_type,
                 EGL_NONE,
             ];
-            let mut config: EglConfig = std::ptr::null_mut();
+            let mut configs: [EglConfig; 64] = [std::ptr::null_mut(); 64];
             let mut n = 0;
-            if (egl.eglChooseConfig)(display, attrs.as_ptr(), &mut config, 1, &mut n) == 0 || n < 1
+            if (egl.eglChooseConfig)(display, attrs.as_ptr(), configs.as_mut_ptr(), 64, &mut n) == 0
+                || n < 1
             {
                 (egl.eglTerminate)(display);
                 bail!("no EGL config for OpenGL ES 3");
             }
+            let configs = &configs[..n as usize];
+            let config = match platform {
+                Platform::Surfaceless => Some(configs[0]),
+                Platform::Gbm { format, .. } => configs.iter().copied().find(|&c| {
+                    let mut id = 0;
+                    (egl.eglGetConfigAttrib)(display, c, EGL_NATIVE_VISUAL_ID, &mut id) != 0
+                        && id as u32 == format
+                }),
+            };
+            let Some(config) = config else {
+                (egl.eglTerminate)(display);
+                bail!("no EGL config for the GBM surface's format");
+            };
             let ctx_attrs = [EGL_CONTEXT_MAJOR_VERSION, 3, EGL_NONE];
             let context =
                 (egl.eglCreateContext)(display, config, std::ptr::null_mut(), ctx_attrs.as_ptr());
@@ -206,13 +255,32 @@ impl Gl {
                 (egl.eglTerminate)(display);
                 bail!("eglCreateContext failed (error {err:#x})");
             }
-            if (egl.eglMakeCurrent)(display, std::ptr::null_mut(), std::ptr::null_mut(), context)
-                == 0
-            {
+            let surface = match platform {
+                Platform::Surfaceless => std::ptr::null_mut(),
+                Platform::Gbm { surface, .. } => {
+                    let s = (egl.eglCreatePlatformWindowSurface)(
+                        display,
+                        config,
+                        surface,
+                        std::ptr::null(),
+                    );
+                    if s.is_null() {
+                        let err = (egl.eglGetError)();
+                        (egl.eglDestroyContext)(display, context);
+                        (egl.eglTerminate)(display);
+                        bail!("eglCreatePlatformWindowSurface failed (error {err:#x})");
+                    }
+                    s
+                }
+            };
+            if (egl.eglMakeCurrent)(display, surface, surface, context) == 0 {
                 let err = (egl.eglGetError)();
+                if !surface.is_null() {
+                    (egl.eglDestroySurface)(display, surface);
+                }
                 (egl.eglDestroyContext)(display, context);
                 (egl.eglTerminate)(display);
-                bail!("eglMakeCurrent without a surface failed (error {err:#x})");
+                bail!("eglMakeCurrent failed (error {err:#x})");
             }
             let s = |e| c_string((gl.glGetString)(e).cast());
             let mut me = Gl {
@@ -224,6 +292,7 @@ impl Gl {
                 gl,
                 display,
                 context,
+                surface,
                 program: 0,
                 _libs: (egl_lib, gl_lib),
             };
@@ -298,12 +367,13 @@ impl Gl {
     }
 
     /// Clears, clears the corner red, draws the coordinate gradient over
-    /// the right half, and reads the pixels back (bottom row first).
-    fn draw(&self, size: i32, pixels: &mut Vec<u8>) -> Result<()> {
+    /// the right half, and reads the pixels back (bottom row first), on a
+    /// framebuffer of `width` x `height`.
+    fn draw(&self, width: i32, height: i32, pixels: &mut Vec<u8>) -> Result<()> {
         let g = &self.gl;
-        pixels.resize((size * size * 4) as usize, 0);
+        pixels.resize((width * height * 4) as usize, 0);
         // SAFETY: a current context with a complete framebuffer of
-        // size x size; `pixels` holds size*size RGBA8 pixels.
+        // width x height; `pixels` holds width*height RGBA8 pixels.
         unsafe {
             (g.glDisable)(GL_SCISSOR_TEST);
             let c = BACKGROUND.map(|v| f32::from(v) / 255.0);
@@ -313,14 +383,14 @@ impl Gl {
             (g.glScissor)(0, 0, CORNER_SIZE, CORNER_SIZE);
             (g.glClearColor)(1.0, 0.0, 0.0, 1.0);
             (g.glClear)(GL_COLOR_BUFFER_BIT);
-            (g.glScissor)(size / 2, 0, size - size / 2, size);
+            (g.glScissor)(width / 2, 0, width - width / 2, height);
             (g.glUseProgram)(self.program);
             (g.glDrawArrays)(GL_TRIANGLES, 0, 3);
             (g.glReadPixels)(
                 0,
                 0,
-                size,
-                size,
+                width,
+                height,
                 GL_RGBA,
                 GL_UNSIGNED_BYTE,
                 pixels.as_mut_ptr().cast(),
@@ -338,8 +408,33 @@ impl Gl {
     pub fn check(&self, size: i32) -> Result<Option<String>> {
         self.target(size)?;
         let mut pixels = Vec::new();
-        self.draw(size, &mut pixels)?;
-        Ok(first_wrong_pixel(&pixels, size))
+        self.draw(size, size, &mut pixels)?;
+        Ok(first_wrong_pixel(&pixels, size, size))
+    }
+
+    /// Draws the picture on the window surface (`width` x `height`),
+    /// checks it, and presents it (eglSwapBuffers).
+    pub fn draw_and_swap(&self, width: i32, height: i32) -> Result<Option<String>> {
+        if self.surface.is_null() {
+            bail!("no window surface");
+        }
+        let g = &self.gl;
+        // SAFETY: a current context; framebuffer 0 is the window surface.
+        unsafe {
+            (g.glBindFramebuffer)(GL_FRAMEBUFFER, 0);
+            (g.glViewport)(0, 0, width, height);
+        }
+        let mut pixels = Vec::new();
+        self.draw(width, height, &mut pixels)?;
+        let bad = first_wrong_pixel(&pixels, width, height);
+        // SAFETY: the display and surface are this Gl's.
+        if unsafe { (self.egl.eglSwapBuffers)(self.display, self.surface) } == 0 {
+            // SAFETY: plain query.
+            bail!("eglSwapBuffers failed (error {:#x})", unsafe {
+                (self.egl.eglGetError)()
+            });
+        }
+        Ok(bad)
     }
 
     /// Median time of draw + read back of a `size` x `size` picture.
@@ -349,12 +444,12 @@ impl Gl {
         let mut times = Vec::new();
         for n in 0..=iters {
             let start = Instant::now();
-            self.draw(size, &mut pixels)?;
+            self.draw(size, size, &mut pixels)?;
             if n > 0 {
                 times.push(start.elapsed());
             }
         }
-        if let Some(bad) = first_wrong_pixel(&pixels, size) {
+        if let Some(bad) = first_wrong_pixel(&pixels, size, size) {
             bail!("wrong picture while benchmarking: {bad}");
         }
         times.sort();
@@ -372,15 +467,19 @@ impl Drop for Gl {
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
             );
+            if !self.surface.is_null() {
+                (self.egl.eglDestroySurface)(self.display, self.surface);
+            }
             (self.egl.eglDestroyContext)(self.display, self.context);
             (self.egl.eglTerminate)(self.display);
         }
     }
 }
 
-/// The colour pixel (x, y) (y from the bottom) must have.
-pub fn expected_pixel(x: i32, y: i32, size: i32) -> [u8; 4] {
-    if x >= size / 2 {
+/// The colour pixel (x, y) (y from the bottom) of a picture `width` wide
+/// must have.
+pub fn expected_pixel(x: i32, y: i32, width: i32) -> [u8; 4] {
+    if x >= width / 2 {
         [x.min(255) as u8, y.min(255) as u8, 255, 255]
     } else if x < CORNER_SIZE && y < CORNER_SIZE {
         CORNER
@@ -389,12 +488,12 @@ pub fn expected_pixel(x: i32, y: i32, size: i32) -> [u8; 4] {
     }
 }
 
-fn first_wrong_pixel(pixels: &[u8], size: i32) -> Option<String> {
-    for y in 0..size {
-        for x in 0..size {
-            let at = ((y * size + x) * 4) as usize;
+fn first_wrong_pixel(pixels: &[u8], width: i32, height: i32) -> Option<String> {
+    for y in 0..height {
+        for x in 0..width {
+            let at = ((y * width + x) * 4) as usize;
             let got = &pixels[at..at + 4];
-            let want = expected_pixel(x, y, size);
+            let want = expected_pixel(x, y, width);
             if got.iter().zip(want).any(|(&g, w)| g.abs_diff(w) > 1) {
                 return Some(format!("pixel ({x}, {y}): got {got:?}, want {want:?}"));
             }

@@ -10,6 +10,11 @@
 //! into a renderbuffer (clears, a scissored clear, a shader gradient) that
 //! is read back with glReadPixels and checked pixel by pixel.
 //!
+//! Scanout (`--scanout`): the same picture drawn with GL into a GBM window
+//! surface on /dev/dri/card0 at the display's mode, checked, presented, and
+//! put on the CRTC with drmModeSetCrtc; then it stays there for `--hold`
+//! seconds (a screenshot taken meanwhile shows it).
+//!
 //! `--bench` times the same work (see `vk::bench`, `gl::Gl::bench`).
 //! Results are `KEY=VALUE` lines (`PV-VK-*`, `PV-GL-*`, `PV-BENCH-*`);
 //! exit status 0 when every check passed.
@@ -19,6 +24,7 @@
 //! image and on the host under the GPU runtime's loader.
 
 mod gl;
+mod kms;
 mod spirv;
 mod vk;
 
@@ -33,6 +39,15 @@ struct Args {
     /// OpenGL ES through EGL instead of Vulkan.
     #[arg(long)]
     gl: bool,
+    /// Draw with GL into a GBM surface and show it on the display (KMS).
+    #[arg(long)]
+    scanout: bool,
+    /// Seconds the scanout stays up.
+    #[arg(long, default_value_t = 10)]
+    hold: u64,
+    /// The DRM primary node for --scanout.
+    #[arg(long, default_value = "/dev/dri/card0")]
+    card: String,
     /// Also time the workload.
     #[arg(long)]
     bench: bool,
@@ -134,14 +149,43 @@ fn gl(args: &Args) -> Result<bool> {
     Ok(ok)
 }
 
+fn scanout(args: &Args) -> Result<bool> {
+    let mut kms = kms::Kms::open(&args.card)?;
+    println!("PV-SCANOUT-MODE={}x{}", kms.width, kms.height);
+    let (device, surface) = kms.gbm();
+    let gl = gl::Gl::open(gl::Platform::Gbm {
+        device,
+        surface,
+        format: kms::FORMAT_XRGB8888,
+    })?;
+    println!("PV-GL-RENDERER={}", gl.renderer);
+    let (w, h) = (kms.width as i32, kms.height as i32);
+    let ok = verdict("PV-SCANOUT-DRAW", &gl.draw_and_swap(w, h));
+    kms.show_front_buffer()?;
+    println!("PV-SCANOUT=SHOWN");
+    std::thread::sleep(std::time::Duration::from_secs(args.hold));
+    kms.hide();
+    drop(gl);
+    drop(kms);
+    Ok(ok)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let r = if args.gl { gl(&args) } else { vulkan(&args) };
+    let r = if args.scanout {
+        scanout(&args)
+    } else if args.gl {
+        gl(&args)
+    } else {
+        vulkan(&args)
+    };
     match r {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            let key = if args.gl {
+            let key = if args.scanout {
+                "PV-SCANOUT"
+            } else if args.gl {
                 "PV-GL-CHECK"
             } else {
                 "PV-VK-CHECK"
