@@ -1167,7 +1167,8 @@ echo "PV-RC=$?"
 /// The guest side of GPU acceleration (`--gpu context-types=venus:virgl`):
 /// vulkaninfo sees Venus, pv-vkcheck's Vulkan workload (transfers and a
 /// compute shader through Venus) and GL workload (EGL surfaceless through
-/// virgl) come back right, eglinfo names virgl.
+/// virgl) come back right, eglinfo names virgl; then pv-vkcheck draws with
+/// GL into a GBM surface and puts it on the display with KMS.
 const GPU_ACCEL_CHECK: &str = r#"
 # fbcon's blinking cursor makes the kernel send the whole 4 MB frame five
 # times a second; a debug build in the nested machine (TCG) needs about a
@@ -1186,6 +1187,9 @@ echo "PV-EGLINFO-RC=$?"
 echo "PV-EGL-BEGIN"; head -c 3000 /tmp/egl.txt; echo; echo "PV-EGL-END"
 pv-vkcheck --gl
 echo "PV-GLCHECK-RC=$?"
+# The host takes a screenshot while the picture is up.
+pv-vkcheck --scanout --hold 10
+echo "PV-SCANOUT-RC=$?"
 echo "PV-DMESG-BEGIN"; dmesg | grep -i -E 'virtio|drm|gpu' | tail -n 20; echo "PV-DMESG-END"
 "#;
 
@@ -1244,13 +1248,16 @@ const L1_GPU_RUNTIME: &str = "/opt/gpu-runtime";
 /// Like [`scenario`], for the GPU acceleration image: the nested machine
 /// also carries the GPU runtime (its virglrenderer, Mesa and their C
 /// library; L1 has none of them) and `$PEARVISOR_GPU_RUNTIME` points
-/// pearvisor at it; `$RT` is the runtime. Returns the log.
+/// pearvisor at it; `$RT` is the runtime. The script runs in a scratch
+/// directory. Returns the log.
 fn gpu_scenario(script: &str) -> String {
     let image = gpu_accel_image();
     let rt = gpu_runtime();
     let prelude = format!("CMDLINE='{GUEST_CMDLINE}'\nset -u\n");
     match host_virtualization() {
         HostVirt::Hardware => {
+            let dir = std::env::temp_dir().join(format!("pv-e2e-gpu-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
             let out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(format!("{prelude}{script}"))
@@ -1259,8 +1266,10 @@ fn gpu_scenario(script: &str) -> String {
                 .env("L2_INITRD", &image.initrd)
                 .env("RT", &rt.root)
                 .env("PEARVISOR_GPU_RUNTIME", &rt.root)
+                .current_dir(&dir)
                 .output()
                 .expect("run sh");
+            let _ = std::fs::remove_dir_all(&dir);
             format!(
                 "{}{}",
                 String::from_utf8_lossy(&out.stdout),
@@ -1312,8 +1321,18 @@ fn guest_vulkan_through_venus_and_gl_through_virgl() {
     let log = gpu_scenario(
         r#"
 timeout 500 $PV run --kernel $L2_KERNEL --initrd $L2_INITRD \
-    --cmdline "$CMDLINE pv.test=gpu-accel" --memory 1G --gpu context-types=venus:virgl </dev/null
-echo "PV-RC=$?"
+    --cmdline "$CMDLINE pv.test=gpu-accel" --memory 1G --gpu context-types=venus:virgl \
+    --api-socket pv.sock </dev/null > guest.log 2>&1 &
+PVPID=$!
+n=0
+while ! grep -q PV-SCANOUT= guest.log && kill -0 $PVPID 2>/dev/null && [ $n -lt 3000 ]; do
+    sleep 0.1; n=$((n + 1))
+done
+sleep 1
+$PV ctl --socket pv.sock screenshot -o scanout.png; echo "HOST-SHOT-RC=$?"
+echo "HOST-SHOT-BEGIN"; base64 scanout.png; echo "HOST-SHOT-END"
+wait $PVPID; echo "PV-RC=$?"
+echo "HOST-GUEST-LOG-BEGIN"; cat guest.log; echo "HOST-GUEST-LOG-END"
 "#,
     );
     // L1 has no virglrenderer; a host with hardware virtualization may.
@@ -1358,5 +1377,58 @@ echo "PV-RC=$?"
     assert!(renderer.contains("virgl"), "GL renderer {renderer}\n{log}");
     assert_eq!(value(&log, "", "PV-GL-CHECK"), Some("PASS"), "{log}");
     assert_eq!(value(&log, "", "PV-GLCHECK-RC"), Some("0"), "{log}");
+
+    // The scanout: GL into a GBM buffer, on the CRTC through KMS; the
+    // host's screenshot must show the picture the guest checked.
+    assert_eq!(value(&log, "", "PV-SCANOUT-DRAW"), Some("PASS"), "{log}");
+    assert_eq!(value(&log, "", "PV-SCANOUT"), Some("SHOWN"), "{log}");
+    assert_eq!(value(&log, "", "HOST-SHOT-RC"), Some("0"), "{log}");
+    let (w, h, shot) = png_between(&log, "HOST-SHOT-BEGIN", "HOST-SHOT-END");
+    assert_eq!(
+        value(&log, "", "PV-SCANOUT-MODE"),
+        Some(format!("{w}x{h}").as_str()),
+        "the screenshot has the mode the guest set"
+    );
+    let wrong = |flip: bool| {
+        let mut n = 0;
+        let mut first = None;
+        for y in 0..h {
+            for x in 0..w {
+                // GL counts rows from the bottom; the screen from the top.
+                let gl_y = if flip { y } else { h - 1 - y };
+                let want = scanout_pixel(x, gl_y, w);
+                let i = ((y * w + x) * 3) as usize;
+                let got = &shot[i..i + 3];
+                if got.iter().zip(want).any(|(&g, w)| g.abs_diff(w) > 1) {
+                    n += 1;
+                    first.get_or_insert((x, y, got.to_vec(), want));
+                }
+            }
+        }
+        (n, first)
+    };
+    let (bad, first) = wrong(false);
+    assert_eq!(
+        bad,
+        0,
+        "{bad} of {} screenshot pixels differ from the guest's GL picture \
+         (first: {first:?}; upside down, {} would differ)",
+        w * h,
+        wrong(true).0
+    );
+    assert_eq!(value(&log, "", "PV-SCANOUT-RC"), Some("0"), "{log}");
     assert_eq!(value(&log, "", "PV-RC"), Some("0"), "{log}");
+}
+
+/// What pv-vkcheck's GL picture has at (x, y), y counted from the bottom
+/// (its `expected_pixel`, as RGB): a blue-grey background, a red 16x16
+/// corner at the origin, and over the right half each pixel's coordinates.
+fn scanout_pixel(x: u32, y: u32, width: u32) -> [u8; 3] {
+    if x >= width / 2 {
+        [x.min(255) as u8, y.min(255) as u8, 255]
+    } else if x < 16 && y < 16 {
+        [255, 0, 0]
+    } else {
+        [51, 102, 153]
+    }
 }
