@@ -620,7 +620,15 @@ fn png_between(log: &str, begin: &str, end: &str) -> (u32, u32, Vec<u8>) {
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '+' || *c == '/' || *c == '=')
         .collect();
-    decode_png_rgb(&base64_decode(&b64))
+    let png = base64_decode(&b64);
+    // PV_E2E_SAVE_SCREENSHOTS=DIR keeps the PNGs (the README's pictures come from here).
+    if let Some(dir) = std::env::var_os("PV_E2E_SAVE_SCREENSHOTS") {
+        let path = std::path::Path::new(&dir).join(format!("{}.png", begin.to_lowercase()));
+        if let Err(e) = std::fs::write(&path, &png) {
+            eprintln!("cannot keep the screenshot {}: {e}", path.display());
+        }
+    }
+    decode_png_rgb(&png)
 }
 
 /// A PNG's width, height and RGB bytes.
