@@ -155,6 +155,7 @@ pub struct NestedMachine {
     extra_cmdline: String,
     qemu: PathBuf,
     forwards: Vec<(u16, u16)>,
+    cpus: u32,
 }
 
 impl Default for NestedMachine {
@@ -180,6 +181,7 @@ impl NestedMachine {
             kernel_package: None,
             modules: L1_MODULES.iter().map(|m| m.to_string()).collect(),
             forwards: Vec::new(),
+            cpus: 1,
             extra_cmdline: String::new(),
             qemu: qemu::qemu_program(),
         }
@@ -406,12 +408,29 @@ poweroff -f
         Ok(fs)
     }
 
+    /// L1's CPUs. One (the default) runs TCG on one host thread, which was
+    /// the fastest and steadiest for boots; more use multi-threaded TCG, one
+    /// host thread per CPU, so that L1's processes (a render server beside
+    /// the guest's vCPU) can run at the same time.
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.cpus = cpus.max(1);
+        self
+    }
+
     /// The QEMU command line for an L1 initramfs at `initrd`.
     pub fn qemu_command(&self, kernel: &Path, initrd: &Path) -> Command {
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(["-accel", "tcg,thread=single", "-smp", "1", "-cpu", "max"])
-            .args(["-m", &self.memory])
-            .args(["-nodefaults", "-no-user-config", "-display", "none"]);
+        if self.cpus > 1 {
+            cmd.args(["-accel", "tcg,thread=multi", "-smp", &self.cpus.to_string()]);
+        } else {
+            cmd.args(["-accel", "tcg,thread=single", "-smp", "1"]);
+        }
+        cmd.args(["-cpu", "max"]).args(["-m", &self.memory]).args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+        ]);
         if self.interactive {
             cmd.args([
                 "-chardev",

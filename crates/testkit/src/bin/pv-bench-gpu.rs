@@ -18,7 +18,7 @@
 //! carries over.
 //!
 //! `pv-bench-gpu [--mib N] [--iters N] [--invocations N] [--rounds N]
-//! [--fences N] [--gl-size N] [--pearvisor PATH]`
+//! [--fences N] [--gl-size N] [--pearvisor PATH] [--l1-cpus N]`
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,6 +52,10 @@ struct Args {
     /// The pearvisor binary (default: next to this program).
     #[arg(long)]
     pearvisor: Option<PathBuf>,
+    /// CPUs of the nested machine (more than 1: multi-threaded TCG, so the
+    /// render server and the guest's vCPU can run at once).
+    #[arg(long, default_value_t = 1)]
+    l1_cpus: u32,
 }
 
 const CMDLINE: &str = "console=ttyS0 quiet loglevel=1 panic=-1 pv.test=gpu-bench";
@@ -204,6 +208,7 @@ fn main() -> Result<()> {
                 .file(&image.initrd, "/l2/gpu-initrd.img")
                 .dir(&rt.root, L1_RUNTIME)
                 .memory("4G")
+                .cpus(args.l1_cpus)
                 .timeout(timeout)
                 .script(format!(
                     "PV=pearvisor\nVKCHECK=/usr/local/bin/pv-vkcheck\nRT={L1_RUNTIME}\n\
