@@ -97,13 +97,17 @@ fn wait_fences(fe: &Frontend) {
     assert_eq!(n, 1, "no fence signalled within 20 s");
 }
 
-#[test]
-fn three_d_device_against_virglrenderer() {
-    if !crate::virgl::testing::in_gpu_runtime(
-        "virtio_gpu::tests::three_d::three_d_device_against_virglrenderer",
-    ) {
-        return;
-    }
+/// A 3D frontend over the real virglrenderer (Venus and virgl) with a
+/// recording sink and window.
+struct Gpu3d {
+    fe: Frontend,
+    mem: Arc<GuestMemory>,
+    window: Arc<FakeWindow>,
+    sink: Arc<RecordingSink>,
+    metrics: Arc<GpuMetrics>,
+}
+
+fn gpu_3d(width: u32, height: u32, max_hostmem: u64) -> Gpu3d {
     let lib = Arc::new(VirglLibrary::load().expect("virglrenderer"));
     let renderer = Renderer::new(
         lib,
@@ -120,17 +124,17 @@ fn three_d_device_against_virglrenderer() {
     let mem = Arc::new(mem());
     let window = Arc::new(FakeWindow::default());
     let params = GpuParams {
-        width: 640,
-        height: 480,
+        width,
+        height,
         ..GpuParams::default()
     };
     let sink = Arc::new(RecordingSink::default());
     let metrics = Arc::new(GpuMetrics::default());
-    let mut fe = Frontend::new(
+    let fe = Frontend::new(
         Box::new(VirglBackend::new(
             renderer,
             mem.clone(),
-            64 << 20,
+            max_hostmem,
             Some(window.clone() as Arc<dyn HostVisibleWindow>),
         )),
         DisplayControl::new(&params),
@@ -138,6 +142,29 @@ fn three_d_device_against_virglrenderer() {
         metrics.clone(),
         true,
     );
+    Gpu3d {
+        fe,
+        mem,
+        window,
+        sink,
+        metrics,
+    }
+}
+
+#[test]
+fn three_d_device_against_virglrenderer() {
+    if !crate::virgl::testing::in_gpu_runtime(
+        "virtio_gpu::tests::three_d::three_d_device_against_virglrenderer",
+    ) {
+        return;
+    }
+    let Gpu3d {
+        mut fe,
+        mem,
+        window,
+        sink,
+        metrics,
+    } = gpu_3d(640, 480, 64 << 20);
     let mut d = Driver::new(&mem);
 
     // Capsets in index order, then an index past the end.
@@ -366,40 +393,12 @@ fn random_3d_requests_are_answered_and_the_device_survives() {
         return;
     }
     use crate::virtio_gpu::adversarial::Rng;
-    let lib = Arc::new(VirglLibrary::load().expect("virglrenderer"));
-    let renderer = Renderer::new(
-        lib,
-        RendererOptions {
-            context_types: ContextTypes {
-                venus: true,
-                virgl: true,
-            },
-            gles: false,
-            server: crate::virgl::runtime::RuntimeLayout::active().map(|r| r.server_launcher()),
-        },
-    )
-    .expect("renderer");
-    let mem = Arc::new(mem());
-    let window = Arc::new(FakeWindow::default());
-    let params = GpuParams {
-        width: 320,
-        height: 240,
-        ..GpuParams::default()
-    };
-    let sink = Arc::new(RecordingSink::default());
-    let metrics = Arc::new(GpuMetrics::default());
-    let mut fe = Frontend::new(
-        Box::new(VirglBackend::new(
-            renderer,
-            mem.clone(),
-            16 << 20,
-            Some(window.clone() as Arc<dyn HostVisibleWindow>),
-        )),
-        DisplayControl::new(&params),
-        sink.clone(),
-        metrics.clone(),
-        true,
-    );
+    let Gpu3d {
+        mut fe,
+        mem,
+        window,
+        ..
+    } = gpu_3d(320, 240, 16 << 20);
     let mut d = Driver::new(&mem);
     let mut rng = Rng::new(0x3d);
     let valid = [
