@@ -1023,7 +1023,11 @@ echo "PV-RC=$?"
     // the virtio keyboard and the guest's own keymap.
     let typed = "Hello PV 42!";
     b.type_keys(&format!("{typed}\u{E006}")).unwrap();
-    let log = vm.wait_for("PV-TYPED=", wait);
+    // The whole line: the serial console may have delivered only part of it.
+    let log = vm.wait_until("the typed line on the console", wait, |log| {
+        log.find("PV-TYPED=")
+            .is_some_and(|at| log[at..].contains('\n'))
+    });
     assert_eq!(
         value(&log, "", "PV-TYPED"),
         Some(typed),
