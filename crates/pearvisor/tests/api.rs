@@ -385,16 +385,7 @@ fn ctl_screenshot_options_are_checked_before_anything_is_sent() {
             "--display goes only with screenshot and resize",
         ),
     ] {
-        let mut argv = vec!["ctl", "--socket", p];
-        argv.extend_from_slice(args);
-        let (rc, out, err) = pv(&argv);
-        assert_eq!(rc, 2, "{args:?}: {err}");
-        assert!(out.is_empty());
-        assert_eq!(
-            err.trim_end(),
-            format!("pearvisor ctl: {message}"),
-            "{args:?}"
-        );
+        ctl_fails(p, args, 2, message);
     }
     assert!(!Path::new("x.png").exists());
     // Not a number: clap's usage error.
@@ -453,16 +444,7 @@ fn ctl_resize_sends_the_size_and_prints_nothing() {
             "display 7 does not exist (the VM has 2) (HTTP 404)",
         ),
     ] {
-        let mut argv = vec!["ctl", "--socket", p];
-        argv.extend_from_slice(args);
-        let (rc, out, err) = pv(&argv);
-        assert_eq!(rc, 1, "{args:?}: {err}");
-        assert!(out.is_empty());
-        assert_eq!(
-            err.trim_end(),
-            format!("pearvisor ctl: {message}"),
-            "{args:?}"
-        );
+        ctl_fails(p, args, 1, message);
     }
     assert_eq!(pv(&["ctl", "--socket", p, "pause"]).0, 0);
     assert!(machine.paused.load(Ordering::SeqCst));
@@ -568,16 +550,7 @@ fn ctl_resize_arguments_are_checked_before_anything_is_sent() {
             "-o/--output goes only with screenshot",
         ),
     ] {
-        let mut argv = vec!["ctl", "--socket", p];
-        argv.extend_from_slice(args);
-        let (rc, out, err) = pv(&argv);
-        assert_eq!(rc, 2, "{args:?}: {err}");
-        assert!(out.is_empty());
-        assert_eq!(
-            err.trim_end(),
-            format!("pearvisor ctl: {message}"),
-            "{args:?}"
-        );
+        ctl_fails(p, args, 2, message);
     }
     // A negative size reads as an option: clap's usage error too.
     let (rc, _, err) = pv(&["ctl", "--socket", p, "resize", "-800x600"]);
@@ -728,4 +701,19 @@ fn bad_shutdown_grace_and_help() {
         assert!(out.contains(word), "ctl --help lacks {word}:\n{out}");
     }
     let _ = std::fs::remove_file(kernel);
+}
+
+/// `pearvisor ctl --socket SOCKET ARGS...` exits `rc`, prints nothing on
+/// stdout and `pearvisor ctl: MESSAGE` on stderr.
+fn ctl_fails(socket: &str, args: &[&str], rc: i32, message: &str) {
+    let mut argv = vec!["ctl", "--socket", socket];
+    argv.extend_from_slice(args);
+    let (got, out, err) = pv(&argv);
+    assert_eq!(got, rc, "{args:?}: {err}");
+    assert!(out.is_empty(), "{args:?}: {out}");
+    assert_eq!(
+        err.trim_end(),
+        format!("pearvisor ctl: {message}"),
+        "{args:?}"
+    );
 }
