@@ -1182,10 +1182,6 @@ echo "PV-RC=$?"
 /// virgl) come back right, eglinfo names virgl; then pv-vkcheck draws with
 /// GL into a GBM surface and puts it on the display with KMS.
 const GPU_ACCEL_CHECK: &str = r#"
-# fbcon's blinking cursor makes the kernel send the whole 4 MB frame five
-# times a second; a debug build in the nested machine (TCG) handles about
-# two a second, so the queue would fill with them.
-echo 0 > /sys/class/graphics/fbcon/cursor_blink
 echo "PV-RENDER-NODE=$(ls /dev/dri | tr '\n' ' ')"
 /lib64/ld-linux-x86-64.so.2 --list /usr/bin/pv-vkcheck > /tmp/list.txt 2>&1
 echo "PV-LIST pv-vkcheck rc=$? missing=$(grep -c 'not found' /tmp/list.txt)"
