@@ -1195,9 +1195,11 @@ echo "PV-EGLINFO-RC=$?"
 echo "PV-EGL-BEGIN"; head -c 3000 /tmp/egl.txt; echo; echo "PV-EGL-END"
 pv-vkcheck --gl
 echo "PV-GLCHECK-RC=$?"
-# The host takes a screenshot while the picture is up.
+# The host takes a screenshot while each picture is up.
 pv-vkcheck --scanout --hold 10
 echo "PV-SCANOUT-RC=$?"
+pv-vkcheck --vk-scanout --hold 10
+echo "PV-VKSCANOUT-RC=$?"
 echo "PV-DMESG-BEGIN"; dmesg | grep -i -E 'virtio|drm|gpu' | tail -n 20; echo "PV-DMESG-END"
 "#;
 
@@ -1339,6 +1341,15 @@ done
 sleep 1
 $PV ctl --socket pv.sock screenshot -o scanout.png; echo "HOST-SHOT-RC=$?"
 echo "HOST-SHOT-BEGIN"; base64 scanout.png; echo "HOST-SHOT-END"
+n=0
+while ! grep -q PV-VKSCANOUT= guest.log && kill -0 $PVPID 2>/dev/null && [ $n -lt 3000 ]; do
+    sleep 0.1; n=$((n + 1))
+done
+sleep 1
+$PV ctl --socket pv.sock screenshot -o vkscanout.png; echo "HOST-VKSHOT-RC=$?"
+echo "HOST-VKSHOT-BEGIN"; base64 vkscanout.png; echo "HOST-VKSHOT-END"
+$PV ctl --socket pv.sock counters > counters.json; echo "HOST-COUNTERS-RC=$?"
+echo "HOST-COUNTERS-BEGIN"; cat counters.json; echo; echo "HOST-COUNTERS-END"
 wait $PVPID; echo "PV-RC=$?"
 echo "HOST-GUEST-LOG-BEGIN"; cat guest.log; echo "HOST-GUEST-LOG-END"
 "#,
@@ -1425,7 +1436,92 @@ echo "HOST-GUEST-LOG-BEGIN"; cat guest.log; echo "HOST-GUEST-LOG-END"
         wrong(true).0
     );
     assert_eq!(value(&log, "", "PV-SCANOUT-RC"), Some("0"), "{log}");
+
+    // Vulkan's picture through a dma-buf on the CRTC: a blob resource shown
+    // with SET_SCANOUT_BLOB, read by the host from the blob's mapping.
+    assert_eq!(value(&log, "", "PV-VKSCANOUT-DRAW"), Some("PASS"), "{log}");
+    assert_eq!(value(&log, "", "PV-VKSCANOUT"), Some("SHOWN"), "{log}");
+    assert_eq!(value(&log, "", "HOST-VKSHOT-RC"), Some("0"), "{log}");
+    let (w, h, shot) = png_between(&log, "HOST-VKSHOT-BEGIN", "HOST-VKSHOT-END");
+    assert_eq!(
+        value(&log, "", "PV-VKSCANOUT-MODE"),
+        Some(format!("{w}x{h}").as_str()),
+        "the screenshot has the mode the guest set"
+    );
+    let mut bad = 0;
+    let mut first = None;
+    for y in 0..h {
+        for x in 0..w {
+            let want = vk_scanout_pixel(x, y, w, h);
+            let i = ((y * w + x) * 3) as usize;
+            if shot[i..i + 3] != want {
+                bad += 1;
+                first.get_or_insert((x, y, shot[i..i + 3].to_vec(), want));
+            }
+        }
+    }
+    assert_eq!(
+        bad,
+        0,
+        "{bad} of {} screenshot pixels differ from the guest's Vulkan picture (first: {first:?})\n{}",
+        w * h,
+        without_screenshots(&log)
+    );
+    assert_eq!(value(&log, "", "PV-VKSCANOUT-RC"), Some("0"), "{log}");
+
+    // The sync file waited on a fence of the Venus context's ring: the
+    // device signalled fences on context timelines, and blob scanouts.
+    assert_eq!(value(&log, "", "PV-VK-SYNCFD"), Some("PASS"), "{log}");
+    assert_eq!(value(&log, "", "HOST-COUNTERS-RC"), Some("0"), "{log}");
+    let counters: serde_json::Value =
+        serde_json::from_str(between(&log, "HOST-COUNTERS-BEGIN", "HOST-COUNTERS-END").trim())
+            .expect("ctl counters prints JSON");
+    let gpu = find_key(&counters, "fences_context").expect("GPU counters in ctl counters");
+    assert!(gpu.as_u64().unwrap_or(0) > 0, "context fences: {counters}");
     assert_eq!(value(&log, "", "PV-RC"), Some("0"), "{log}");
+}
+
+/// The log without the base64 of the screenshots (for failure messages).
+fn without_screenshots(log: &str) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in log.lines() {
+        if line.contains("SHOT-BEGIN") {
+            skipping = true;
+        } else if line.contains("SHOT-END") {
+            skipping = false;
+            out.push_str("[screenshot]\n");
+        } else if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The first value named `key` anywhere in `v`.
+fn find_key<'a>(v: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .get(key)
+            .or_else(|| m.values().find_map(|c| find_key(c, key))),
+        serde_json::Value::Array(a) => a.iter().find_map(|c| find_key(c, key)),
+        _ => None,
+    }
+}
+
+/// What pv-vkcheck's Vulkan picture has at (x, y) of a `width` x `height`
+/// screen (its `vkscanout::expected_pixel`): 4x4 tiles blitted with
+/// nearest filtering, tile (tx, ty) coloured (80tx+15, 80ty+15,
+/// 255-30(tx+ty)).
+fn vk_scanout_pixel(x: u32, y: u32, width: u32, height: u32) -> [u8; 3] {
+    let tx = ((2 * x + 1) * 4 / (2 * width)).min(3);
+    let ty = ((2 * y + 1) * 4 / (2 * height)).min(3);
+    [
+        (tx * 80 + 15) as u8,
+        (ty * 80 + 15) as u8,
+        (255 - (tx + ty) * 30) as u8,
+    ]
 }
 
 /// What pv-vkcheck's GL picture has at (x, y), y counted from the bottom

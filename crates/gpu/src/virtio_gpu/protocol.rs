@@ -369,6 +369,9 @@ pub struct Transfer3d {
     pub layer_stride: u32,
 }
 
+/// Bytes of `struct virtio_gpu_set_scanout_blob` after the header.
+pub const SET_SCANOUT_BLOB_LEN: usize = 16 + 6 * 4 + 4 * 4 + 4 * 4;
+
 /// `struct virtio_gpu_set_scanout_blob`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ScanoutBlob {
@@ -524,7 +527,8 @@ impl GpuCommand {
                 }
             }
             CMD_SET_SCANOUT_BLOB => {
-                let mut r = need("SET_SCANOUT_BLOB", HDR_LEN + 80)?;
+                // rect, six u32 (the last one padding), strides[4], offsets[4].
+                let mut r = need("SET_SCANOUT_BLOB", HDR_LEN + SET_SCANOUT_BLOB_LEN)?;
                 let rect = r.rect();
                 let scanout_id = r.u32();
                 let resource_id = r.u32();
@@ -916,6 +920,26 @@ pub mod encode {
         )
     }
 
+    /// SET_SCANOUT_BLOB of one plane (`stride`, `offset`).
+    pub fn set_scanout_blob(b: &ScanoutBlob) -> Vec<u8> {
+        let r = b.rect;
+        let mut fields = vec![
+            r.x,
+            r.y,
+            r.width,
+            r.height,
+            b.scanout_id,
+            b.resource_id,
+            b.width,
+            b.height,
+            b.format,
+            0,
+        ];
+        fields.extend(b.strides);
+        fields.extend(b.offsets);
+        with(CMD_SET_SCANOUT_BLOB, &fields)
+    }
+
     pub fn resource_flush(resource_id: u32, r: Rect) -> Vec<u8> {
         with(
             CMD_RESOURCE_FLUSH,
@@ -1124,6 +1148,46 @@ mod tests {
             long.extend_from_slice(&[0xaa; 9]);
             assert_eq!(GpuCommand::decode(&long).unwrap().1, want);
         }
+    }
+
+    /// SET_SCANOUT_BLOB as Linux lays it out (96 bytes, fields at fixed
+    /// offsets), built without the encoder: a real guest's request.
+    #[test]
+    fn set_scanout_blob_has_linux_layout() {
+        let mut buf = [0u8; 96];
+        let mut put = |at: usize, v: u32| buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        put(0, CMD_SET_SCANOUT_BLOB);
+        for (i, v) in [0u32, 0, 1280, 800, 0, 42, 1280, 800, FORMAT_B8G8R8X8_UNORM]
+            .into_iter()
+            .enumerate()
+        {
+            put(24 + 4 * i, v);
+        }
+        put(64, 5120);
+        put(80, 4096);
+        let want = ScanoutBlob {
+            rect: Rect::new(0, 0, 1280, 800),
+            scanout_id: 0,
+            resource_id: 42,
+            width: 1280,
+            height: 800,
+            format: FORMAT_B8G8R8X8_UNORM,
+            strides: [5120, 0, 0, 0],
+            offsets: [4096, 0, 0, 0],
+        };
+        assert_eq!(
+            GpuCommand::decode(&buf).map(|(_, c)| c),
+            Ok(GpuCommand::SetScanoutBlob(want))
+        );
+        assert_eq!(encode::set_scanout_blob(&want), buf);
+        assert!(matches!(
+            GpuCommand::decode(&buf[..95]),
+            Err(DecodeError::Short {
+                need: 96,
+                got: 95,
+                ..
+            })
+        ));
     }
 
     #[test]

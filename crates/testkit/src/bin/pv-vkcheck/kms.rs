@@ -1,7 +1,10 @@
-//! `--scanout`: a GBM window surface on the primary DRM node, whose front
-//! buffer (rendered with GL) is put on the first connected connector's
-//! CRTC with the legacy KMS calls: what a compositor without atomic
-//! modesetting does. libgbm.so.1 and libdrm.so.2 are opened at run time.
+//! `--scanout`: a buffer put on the first connected connector's CRTC with
+//! the legacy KMS calls, what a compositor without atomic modesetting
+//! does: either the front buffer of a GBM window surface rendered with GL,
+//! or a dma-buf exported by Vulkan (imported with drmPrimeFDToHandle and
+//! drmModeAddFB2; on virtio-gpu that buffer is a blob resource and the
+//! kernel shows it with SET_SCANOUT_BLOB). libgbm.so.1 and libdrm.so.2
+//! are opened at run time.
 
 use std::ffi::{c_char, c_int, c_void};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -77,6 +80,20 @@ struct Drm {
     get_connector: unsafe extern "C" fn(c_int, u32) -> *mut DrmModeConnector,
     free_connector: unsafe extern "C" fn(*mut DrmModeConnector),
     add_fb: unsafe extern "C" fn(c_int, u32, u32, u8, u8, u32, u32, *mut u32) -> c_int,
+    #[allow(clippy::type_complexity)]
+    add_fb2: unsafe extern "C" fn(
+        c_int,
+        u32,
+        u32,
+        u32,
+        *const u32,
+        *const u32,
+        *const u32,
+        *mut u32,
+        u32,
+    ) -> c_int,
+    prime_fd_to_handle: unsafe extern "C" fn(c_int, c_int, *mut u32) -> c_int,
+    close_handle: unsafe extern "C" fn(c_int, u32) -> c_int,
     rm_fb: unsafe extern "C" fn(c_int, u32) -> c_int,
     set_crtc:
         unsafe extern "C" fn(c_int, u32, u32, u32, u32, *mut u32, c_int, *mut DrmModeInfo) -> c_int,
@@ -99,8 +116,16 @@ fn sym<T: Copy>(lib: &Library, name: &str) -> Result<T> {
     Ok(*s)
 }
 
-/// The card, a connected connector with its preferred mode, and a GBM
-/// surface of that size for EGL to render into.
+/// What is on the CRTC: a framebuffer and what it was made from.
+enum Shown {
+    /// A locked front buffer of the GBM surface.
+    GbmBuffer { fb: u32, bo: *mut c_void },
+    /// An imported dma-buf's GEM handle.
+    DmaBuf { fb: u32, handle: u32 },
+}
+
+/// The card, a connected connector with its preferred mode, and (with
+/// [`Kms::open`]) a GBM surface of that size for EGL to render into.
 pub struct Kms {
     drm: Drm,
     gbm: Gbm,
@@ -110,16 +135,25 @@ pub struct Kms {
     connector: u32,
     crtc: u32,
     mode: DrmModeInfo,
-    shown: Option<(u32, *mut c_void)>,
+    shown: Option<Shown>,
     pub width: u32,
     pub height: u32,
     _libs: (Library, Library),
 }
 
 impl Kms {
-    /// Opens `card` (e.g. /dev/dri/card0) and prepares a surface in the
+    /// Opens `card` (e.g. /dev/dri/card0) and prepares a GBM surface in the
     /// preferred mode of its first connected connector.
     pub fn open(card: &str) -> Result<Self> {
+        Self::open_with(card, true)
+    }
+
+    /// Opens `card` without a GBM surface, for [`Kms::show_dmabuf`].
+    pub fn open_without_gbm(card: &str) -> Result<Self> {
+        Self::open_with(card, false)
+    }
+
+    fn open_with(card: &str, with_gbm: bool) -> Result<Self> {
         let card: OwnedFd = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -139,6 +173,9 @@ impl Kms {
             get_connector: sym(&drm_lib, "drmModeGetConnector\0")?,
             free_connector: sym(&drm_lib, "drmModeFreeConnector\0")?,
             add_fb: sym(&drm_lib, "drmModeAddFB\0")?,
+            add_fb2: sym(&drm_lib, "drmModeAddFB2\0")?,
+            prime_fd_to_handle: sym(&drm_lib, "drmPrimeFDToHandle\0")?,
+            close_handle: sym(&drm_lib, "drmCloseBufferHandle\0")?,
             rm_fb: sym(&drm_lib, "drmModeRmFB\0")?,
             set_crtc: sym(&drm_lib, "drmModeSetCrtc\0")?,
         };
@@ -184,25 +221,29 @@ impl Kms {
             }
         };
         let (width, height) = (u32::from(mode.hdisplay), u32::from(mode.vdisplay));
-        // SAFETY: GBM calls on the open card; the device and surface are
-        // destroyed in Drop (or here on failure).
-        let (device, surface) = unsafe {
-            let device = (gbm.create_device)(fd);
-            if device.is_null() {
-                bail!("gbm_create_device failed");
+        let (device, surface) = if !with_gbm {
+            (std::ptr::null_mut(), std::ptr::null_mut())
+        } else {
+            // SAFETY: GBM calls on the open card; the device and surface
+            // are destroyed in Drop (or here on failure).
+            unsafe {
+                let device = (gbm.create_device)(fd);
+                if device.is_null() {
+                    bail!("gbm_create_device failed");
+                }
+                let surface = (gbm.surface_create)(
+                    device,
+                    width,
+                    height,
+                    FORMAT_XRGB8888,
+                    GBM_BO_USE_SCANOUT | GBM_BO_USE_RENDERING,
+                );
+                if surface.is_null() {
+                    (gbm.device_destroy)(device);
+                    bail!("gbm_surface_create {width}x{height} failed");
+                }
+                (device, surface)
             }
-            let surface = (gbm.surface_create)(
-                device,
-                width,
-                height,
-                FORMAT_XRGB8888,
-                GBM_BO_USE_SCANOUT | GBM_BO_USE_RENDERING,
-            );
-            if surface.is_null() {
-                (gbm.device_destroy)(device);
-                bail!("gbm_surface_create {width}x{height} failed");
-            }
-            (device, surface)
         };
         Ok(Self {
             drm,
@@ -228,6 +269,9 @@ impl Kms {
     /// Puts the surface's front buffer (after eglSwapBuffers) on the CRTC.
     pub fn show_front_buffer(&mut self) -> Result<()> {
         self.hide();
+        if self.surface.is_null() {
+            bail!("no GBM surface (opened without one)");
+        }
         let fd = self.card.as_raw_fd();
         // SAFETY: GBM and libdrm calls on this card's objects; the buffer
         // stays locked (and the framebuffer alive) until Drop.
@@ -245,13 +289,67 @@ impl Kms {
                 (self.gbm.release_buffer)(self.surface, bo);
                 bail!("drmModeAddFB failed ({rc})");
             }
-            self.shown = Some((fb, bo));
-            let mut connector = self.connector;
-            let rc =
-                (self.drm.set_crtc)(fd, self.crtc, fb, 0, 0, &mut connector, 1, &mut self.mode);
+            self.shown = Some(Shown::GbmBuffer { fb, bo });
+            self.set_crtc(fb)
+        }
+    }
+
+    /// Imports `dmabuf` (XRGB8888 at the mode's size, rows `pitch` bytes
+    /// apart from `offset`) and puts it on the CRTC.
+    pub fn show_dmabuf(&mut self, dmabuf: &OwnedFd, pitch: u32, offset: u32) -> Result<()> {
+        self.hide();
+        let fd = self.card.as_raw_fd();
+        let mut handle = 0u32;
+        // SAFETY: libdrm calls on this card with a live dma-buf fd; the
+        // handle and framebuffer are released in hide().
+        unsafe {
+            let rc = (self.drm.prime_fd_to_handle)(fd, dmabuf.as_raw_fd(), &mut handle);
             if rc != 0 {
-                bail!("drmModeSetCrtc failed ({rc}): is another program the DRM master?");
+                bail!("drmPrimeFDToHandle failed ({rc})");
             }
+            let handles = [handle, 0, 0, 0];
+            let pitches = [pitch, 0, 0, 0];
+            let offsets = [offset, 0, 0, 0];
+            let mut fb = 0u32;
+            let rc = (self.drm.add_fb2)(
+                fd,
+                self.width,
+                self.height,
+                FORMAT_XRGB8888,
+                handles.as_ptr(),
+                pitches.as_ptr(),
+                offsets.as_ptr(),
+                &mut fb,
+                0,
+            );
+            if rc != 0 {
+                (self.drm.close_handle)(fd, handle);
+                bail!("drmModeAddFB2 failed ({rc})");
+            }
+            self.shown = Some(Shown::DmaBuf { fb, handle });
+            self.set_crtc(fb)
+        }
+    }
+
+    /// # Safety
+    /// `fb` is a framebuffer of this card.
+    unsafe fn set_crtc(&mut self, fb: u32) -> Result<()> {
+        let mut connector = self.connector;
+        // SAFETY: this card's CRTC, connector and mode; `fb` per the caller.
+        let rc = unsafe {
+            (self.drm.set_crtc)(
+                self.card.as_raw_fd(),
+                self.crtc,
+                fb,
+                0,
+                0,
+                &mut connector,
+                1,
+                &mut self.mode,
+            )
+        };
+        if rc != 0 {
+            bail!("drmModeSetCrtc failed ({rc}): is another program the DRM master?");
         }
         Ok(())
     }
@@ -260,13 +358,20 @@ impl Kms {
     /// back to the surface. Must happen before the EGL surface is
     /// destroyed, which frees the surface's buffers.
     pub fn hide(&mut self) {
-        if let Some((fb, bo)) = self.shown.take() {
+        let fd = self.card.as_raw_fd();
+        match self.shown.take() {
             // SAFETY: this card's framebuffer and this surface's locked
             // buffer, released once.
-            unsafe {
-                (self.drm.rm_fb)(self.card.as_raw_fd(), fb);
+            Some(Shown::GbmBuffer { fb, bo }) => unsafe {
+                (self.drm.rm_fb)(fd, fb);
                 (self.gbm.release_buffer)(self.surface, bo);
-            }
+            },
+            // SAFETY: this card's framebuffer and GEM handle, released once.
+            Some(Shown::DmaBuf { fb, handle }) => unsafe {
+                (self.drm.rm_fb)(fd, fb);
+                (self.drm.close_handle)(fd, handle);
+            },
+            None => {}
         }
     }
 }
@@ -277,8 +382,12 @@ impl Drop for Kms {
         // SAFETY: this card's surface and device, destroyed once, the
         // surface before its device (EGL is done with both).
         unsafe {
-            (self.gbm.surface_destroy)(self.surface);
-            (self.gbm.device_destroy)(self.device);
+            if !self.surface.is_null() {
+                (self.gbm.surface_destroy)(self.surface);
+            }
+            if !self.device.is_null() {
+                (self.gbm.device_destroy)(self.device);
+            }
         }
     }
 }

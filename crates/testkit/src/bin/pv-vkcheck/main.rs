@@ -4,7 +4,9 @@
 //! Vulkan (default): the first physical device; a host-written buffer and
 //! a vkCmdFillBuffer go through a device buffer and come back through
 //! mapped memory; a compute shader (hand-assembled SPIR-V) writes a
-//! sequence that is copied back. Every word is checked.
+//! sequence that is copied back; a fill whose fence is exported as a sync
+//! file (where the device can) is waited for with poll(2). Every word is
+//! checked.
 //!
 //! GL (`--gl`): an OpenGL ES 3 context on EGL's surfaceless platform draws
 //! into a renderbuffer (clears, a scissored clear, a shader gradient) that
@@ -14,6 +16,10 @@
 //! surface on /dev/dri/card0 at the display's mode, checked, presented, and
 //! put on the CRTC with drmModeSetCrtc; then it stays there for `--hold`
 //! seconds (a screenshot taken meanwhile shows it).
+//!
+//! Vulkan scanout (`--vk-scanout`): a picture made with Vulkan transfers
+//! and a blit in dma-buf-exportable memory, checked, and put on the CRTC
+//! through drmModeAddFB2 (see `vkscanout`); it stays for `--hold` seconds.
 //!
 //! `--bench` times the same work (see `vk::bench`, `gl::Gl::bench`).
 //! Results are `KEY=VALUE` lines (`PV-VK-*`, `PV-GL-*`, `PV-BENCH-*`);
@@ -26,7 +32,9 @@
 mod gl;
 mod kms;
 mod spirv;
+mod syncfd;
 mod vk;
+mod vkscanout;
 
 use std::process::ExitCode;
 
@@ -42,6 +50,9 @@ struct Args {
     /// Draw with GL into a GBM surface and show it on the display (KMS).
     #[arg(long)]
     scanout: bool,
+    /// Draw with Vulkan into a dma-buf and show it on the display (KMS).
+    #[arg(long, conflicts_with_all = ["scanout", "gl"])]
+    vk_scanout: bool,
     /// Seconds the scanout stays up.
     #[arg(long, default_value_t = 10)]
     hold: u64,
@@ -89,13 +100,22 @@ fn verdict(key: &str, r: &Result<Option<String>>) -> bool {
 }
 
 fn vulkan(args: &Args) -> Result<bool> {
-    let gpu = vk::Gpu::new()?;
+    // With sync-file export where the device has it.
+    let (gpu, sync_fd) = match vk::Gpu::with_extensions(&[syncfd::EXTENSION]) {
+        Ok(gpu) => (gpu, true),
+        Err(_) => (vk::Gpu::new()?, false),
+    };
     println!("PV-VK-DEVICE={}", gpu.name);
     println!("PV-VK-API={}", gpu.api);
     println!("PV-VK-MEMORY-TYPES={}", gpu.memory_types);
     let transfer = vk::transfer_check(&gpu, args.mib << 20);
     let compute = vk::compute_check(&gpu, args.invocations.max(64) / 64 * 64, 16);
-    let ok = verdict("PV-VK-TRANSFER", &transfer) & verdict("PV-VK-COMPUTE", &compute);
+    let mut ok = verdict("PV-VK-TRANSFER", &transfer) & verdict("PV-VK-COMPUTE", &compute);
+    if sync_fd && syncfd::supported(&gpu) {
+        ok &= verdict("PV-VK-SYNCFD", &syncfd::check(&gpu));
+    } else {
+        println!("PV-VK-SYNCFD=UNSUPPORTED");
+    }
     println!("PV-VK-CHECK={}", if ok { "PASS" } else { "FAIL" });
     if ok && args.bench {
         let invocations = args.invocations.max(64) / 64 * 64;
@@ -170,9 +190,31 @@ fn scanout(args: &Args) -> Result<bool> {
     Ok(ok)
 }
 
+fn vk_scanout(args: &Args) -> Result<bool> {
+    let mut kms = kms::Kms::open_without_gbm(&args.card)?;
+    println!("PV-VKSCANOUT-MODE={}x{}", kms.width, kms.height);
+    let gpu = vk::Gpu::with_extensions(&vkscanout::extensions())?;
+    println!("PV-VK-DEVICE={}", gpu.name);
+    let picture = vkscanout::draw(&gpu, kms.width, kms.height)?;
+    println!(
+        "PV-VKSCANOUT-LAYOUT=pitch {} offset {}",
+        picture.pitch, picture.offset
+    );
+    let ok = verdict("PV-VKSCANOUT-DRAW", &Ok(picture.wrong.clone()));
+    kms.show_dmabuf(&picture.dmabuf, picture.pitch, picture.offset)?;
+    println!("PV-VKSCANOUT=SHOWN");
+    std::thread::sleep(std::time::Duration::from_secs(args.hold));
+    kms.hide();
+    drop(picture);
+    drop(gpu);
+    Ok(ok)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let r = if args.scanout {
+    let r = if args.vk_scanout {
+        vk_scanout(&args)
+    } else if args.scanout {
         scanout(&args)
     } else if args.gl {
         gl(&args)
@@ -183,7 +225,9 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            let key = if args.scanout {
+            let key = if args.vk_scanout {
+                "PV-VKSCANOUT"
+            } else if args.scanout {
                 "PV-SCANOUT"
             } else if args.gl {
                 "PV-GL-CHECK"

@@ -77,6 +77,7 @@ impl Drop for Buffer {
 pub struct Gpu {
     _entry: ash::Entry,
     instance: ash::Instance,
+    physical: vk::PhysicalDevice,
     device: ash::Device,
     queue: vk::Queue,
     pool: vk::CommandPool,
@@ -90,6 +91,11 @@ pub struct Gpu {
 
 impl Gpu {
     pub fn new() -> Result<Self> {
+        Self::with_extensions(&[])
+    }
+
+    /// Like [`Gpu::new`], with these device extensions enabled.
+    pub fn with_extensions(extensions: &[&std::ffi::CStr]) -> Result<Self> {
         // SAFETY: loading the Vulkan loader runs its initializers; nothing
         // else in this process uses Vulkan.
         let entry = unsafe { ash::Entry::load() }.context("cannot load libvulkan.so.1")?;
@@ -99,7 +105,7 @@ impl Gpu {
         let info = vk::InstanceCreateInfo::default().application_info(&app);
         // SAFETY: valid create info; the instance is destroyed in Drop.
         let instance = unsafe { entry.create_instance(&info, None) }.context("vkCreateInstance")?;
-        match Self::open(entry.clone(), instance.clone()) {
+        match Self::open(entry.clone(), instance.clone(), extensions) {
             Ok(gpu) => Ok(gpu),
             Err(e) => {
                 // SAFETY: nothing created from the instance survives; `entry`
@@ -111,7 +117,11 @@ impl Gpu {
         }
     }
 
-    fn open(entry: ash::Entry, instance: ash::Instance) -> Result<Self> {
+    fn open(
+        entry: ash::Entry,
+        instance: ash::Instance,
+        extensions: &[&std::ffi::CStr],
+    ) -> Result<Self> {
         // SAFETY: a live instance.
         let pdevs = unsafe { instance.enumerate_physical_devices() }
             .context("vkEnumeratePhysicalDevices")?;
@@ -147,10 +157,14 @@ impl Gpu {
         let queues = [vk::DeviceQueueCreateInfo::default()
             .queue_family_index(family)
             .queue_priorities(&priorities)];
-        let dinfo = vk::DeviceCreateInfo::default().queue_create_infos(&queues);
-        // SAFETY: valid create info for a device of this instance.
-        let device =
-            unsafe { instance.create_device(pdev, &dinfo, None) }.context("vkCreateDevice")?;
+        let names: Vec<*const std::ffi::c_char> = extensions.iter().map(|e| e.as_ptr()).collect();
+        let dinfo = vk::DeviceCreateInfo::default()
+            .queue_create_infos(&queues)
+            .enabled_extension_names(&names);
+        // SAFETY: valid create info for a device of this instance; the
+        // extension names outlive the call.
+        let device = unsafe { instance.create_device(pdev, &dinfo, None) }
+            .with_context(|| format!("vkCreateDevice (extensions: {extensions:?})"))?;
         // SAFETY: the family was created with one queue.
         let queue = unsafe { device.get_device_queue(family, 0) };
         let pinfo = vk::CommandPoolCreateInfo::default()
@@ -180,6 +194,7 @@ impl Gpu {
         Ok(Self {
             _entry: entry,
             instance,
+            physical: pdev,
             device,
             queue,
             pool,
@@ -192,7 +207,19 @@ impl Gpu {
         })
     }
 
-    fn memory_type(&self, bits: u32, want: vk::MemoryPropertyFlags) -> Option<(u32, bool)> {
+    pub fn device(&self) -> &ash::Device {
+        &self.device
+    }
+
+    pub fn instance(&self) -> &ash::Instance {
+        &self.instance
+    }
+
+    pub fn physical(&self) -> vk::PhysicalDevice {
+        self.physical
+    }
+
+    pub fn memory_type(&self, bits: u32, want: vk::MemoryPropertyFlags) -> Option<(u32, bool)> {
         (0..self.memory.memory_type_count).find_map(|i| {
             let flags = self.memory.memory_types[i as usize].property_flags;
             (bits & (1 << i) != 0 && flags.contains(want))
@@ -263,9 +290,17 @@ impl Gpu {
     /// Records commands with `record`, submits them and waits; returns the
     /// time from submit to the fence's signal.
     pub fn run(&self, record: impl FnOnce(&ash::Device, vk::CommandBuffer)) -> Result<Duration> {
+        self.record(record)?;
+        let cmds = [self.cmd];
+        self.submit_wait(&cmds)
+    }
+
+    /// Records commands with `record` into the command buffer, to be
+    /// submitted by the caller (see [`Gpu::submit`]).
+    pub fn record(&self, record: impl FnOnce(&ash::Device, vk::CommandBuffer)) -> Result<()> {
         let d = &self.device;
         // SAFETY: the command buffer is not in use (every submission is
-        // waited for before this returns) and the fence is unsignalled.
+        // waited for before its next recording).
         unsafe {
             d.reset_command_buffer(self.cmd, vk::CommandBufferResetFlags::empty())
                 .context("vkResetCommandBuffer")?;
@@ -278,9 +313,16 @@ impl Gpu {
         }
         record(d, self.cmd);
         // SAFETY: as above.
-        unsafe { d.end_command_buffer(self.cmd) }.context("vkEndCommandBuffer")?;
+        unsafe { d.end_command_buffer(self.cmd) }.context("vkEndCommandBuffer")
+    }
+
+    /// Submits the recorded command buffer with `fence`, without waiting.
+    pub fn submit(&self, fence: vk::Fence) -> Result<()> {
         let cmds = [self.cmd];
-        self.submit_wait(&cmds)
+        let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
+        // SAFETY: a recorded command buffer of this device, an unsignalled
+        // fence of this device; the caller waits before reusing either.
+        unsafe { self.device.queue_submit(self.queue, &submit, fence) }.context("vkQueueSubmit")
     }
 
     /// Submits `cmds` (maybe none) with the fence and waits for it.
