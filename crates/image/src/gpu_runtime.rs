@@ -276,6 +276,12 @@ fn load_published(dir: &Path, key: Option<&str>) -> Option<GpuRuntime> {
     Some(rt)
 }
 
+/// The runtime at `dir` (a published runtime directory, e.g. one copied elsewhere), if it is
+/// complete and its manifest readable.
+pub fn open_gpu_runtime(dir: &Path) -> Option<GpuRuntime> {
+    load_published(dir, None)
+}
+
 /// The runtime `current` points at in the cache, if one is there and complete. Never touches
 /// the network, never builds. `cache_dir` None: the default cache directory.
 pub fn cached_gpu_runtime(cache_dir: Option<&Path>) -> Option<GpuRuntime> {

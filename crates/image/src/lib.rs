@@ -36,7 +36,9 @@ pub use cache::{Cache, CacheError, CacheLock};
 pub use cpio::{Compression, CpioError, Initramfs};
 pub use debian::{fetch_base, BasePackages, DebianError, FetchOptions, KernelPackage, PackageRef};
 pub use elf::ElfError;
-pub use gpu_runtime::{build_gpu_runtime, cached_gpu_runtime, GpuRuntime, GpuRuntimeOptions};
+pub use gpu_runtime::{
+    build_gpu_runtime, cached_gpu_runtime, open_gpu_runtime, GpuRuntime, GpuRuntimeOptions,
+};
 pub use gpu_userspace::{GpuUserspace, GpuUserspaceError, GuestGpuFiles};
 pub use modules::{ModuleError, ModuleFile, ModuleIndex};
 

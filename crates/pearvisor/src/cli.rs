@@ -58,7 +58,8 @@ pub struct RunArgs {
     /// Number of vCPUs (1-254).
     #[arg(long, value_name = "N")]
     pub cpus: Option<u8>,
-    /// Guest RAM, e.g. 512M or 2G (at least 64M).
+    /// Guest RAM, e.g. 512M or 2G (at least 64M). Default: 512M, or 1G with the
+    /// default image (its GPU userspace unpacks into RAM).
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
     /// A virtio-blk disk backed by a raw image: path=PATH[,readonly=on|off][,id=SERIAL].
@@ -85,6 +86,10 @@ pub struct RunArgs {
     /// Do not offer a virtio-rng device.
     #[arg(long)]
     pub no_rng: bool,
+    /// Print the VM configuration these flags resolve to (JSON, the schema
+    /// of --config and the API) and exit without booting.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Serve the REST API on this Unix socket (mode 0600); drive it with
     /// `pearvisor ctl --socket PATH` or curl --unix-socket. Refused when a
     /// server already answers there; a stale socket file is replaced.

@@ -22,7 +22,10 @@ use pv_vmm::config::VmConfig;
 /// Where to find a runtime: the user's, else the cached one.
 fn find_runtime() -> Option<(PathBuf, Option<String>)> {
     if let Some(dir) = std::env::var_os("PEARVISOR_GPU_RUNTIME").filter(|d| !d.is_empty()) {
-        return Some((PathBuf::from(dir), None));
+        let dir = PathBuf::from(dir);
+        let version = pv_image::open_gpu_runtime(&dir)
+            .and_then(|rt| rt.version_of("libvirglrenderer1").map(str::to_string));
+        return Some((dir, version));
     }
     let rt = pv_image::cached_gpu_runtime(None)?;
     let version = rt.version_of("libvirglrenderer1").map(str::to_string);

@@ -30,6 +30,11 @@ const GPU_RUNTIME_SHOWN: &[&str] = &["libvirglrenderer1", "mesa-vulkan-drivers",
 /// Command line used with a user-supplied kernel and no --cmdline.
 const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet";
 
+/// Guest RAM when booting the default image without --memory: its GPU
+/// userspace (about 230 MB unpacked) must fit in the initramfs, which
+/// Linux caps at half of RAM.
+const DEFAULT_IMAGE_MEMORY: u64 = 1 << 30;
+
 // `vm.resize` checks (and documents) the sizes the display takes.
 const _: () = assert!(
     pv_api::MIN_DISPLAY_SIDE == pv_display::store::MIN_REQUEST_DIMENSION
@@ -133,6 +138,7 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
         None => None,
     };
     let kernel: PathBuf;
+    let mut default_image = false;
     let mut initrd = args.initrd.clone();
     let mut cmdline = args.cmdline.clone();
     match (&args.kernel, &config) {
@@ -144,6 +150,7 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
             kernel = image.kernel;
             initrd = initrd.or(Some(image.initrd));
             cmdline = cmdline.or(Some(DEFAULT_IMAGE_CMDLINE.to_string()));
+            default_image = true;
         }
     }
     let c = config.get_or_insert_with(|| VmConfig {
@@ -171,6 +178,8 @@ fn build_config(args: &RunArgs) -> Result<VmConfig> {
     }
     if let Some(m) = &args.memory {
         c.memory = parse_size(m).context("bad --memory")?;
+    } else if default_image {
+        c.memory = c.memory.max(DEFAULT_IMAGE_MEMORY);
     }
     for (i, d) in args.disk.iter().enumerate() {
         c.disks
@@ -384,6 +393,10 @@ fn gpu_inventory() -> GpuInventory {
 
 fn run(args: RunArgs) -> Result<ExitCode> {
     let config = build_config(&args)?;
+    if args.dry_run {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     check_window_display(&config)?;
     gpu_host::prepare(&config)?;
     let host = HostKvm::detect();

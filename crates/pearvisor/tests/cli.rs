@@ -269,3 +269,54 @@ fn gpu_runtime_path_without_a_runtime_says_how_to_build_one() {
     );
     let _ = std::fs::remove_dir_all(&cache);
 }
+
+fn dry_run(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(PEARVISOR)
+        .args(["run", "--dry-run"])
+        .args(args)
+        .output()
+        .expect("run pearvisor");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--dry-run prints JSON")
+}
+
+/// `--dry-run` prints the resolved configuration, which --config takes
+/// back unchanged; the default image gets 1 GiB unless told otherwise (its
+/// GPU userspace unpacks into RAM; at 512 MiB the kernel's initramfs
+/// unpacking fails with "write error").
+#[test]
+fn dry_run_prints_the_config_and_the_default_image_gets_enough_memory() {
+    let kernel = temp("dry-kernel", &bzimage_header());
+    let k = kernel.to_str().unwrap();
+    let own = dry_run(&[
+        "--kernel",
+        k,
+        "--cpus",
+        "2",
+        "--gpu",
+        "width=800,height=600",
+    ]);
+    assert_eq!(own["memory"], 512u64 << 20, "{own}");
+    assert_eq!(own["cpus"], 2);
+    assert_eq!(own["gpu"]["width"], 800, "{own}");
+    let config = temp("dry-config.json", own.to_string().as_bytes());
+    let again = dry_run(&["--config", config.to_str().unwrap()]);
+    assert_eq!(again, own, "--config takes --dry-run's output back");
+
+    let default = dry_run(&[]);
+    assert_eq!(default["memory"], 1u64 << 30, "{default}");
+    assert!(
+        default["initrd"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("initrd.img")),
+        "{default}"
+    );
+    let small = dry_run(&["--memory", "768M"]);
+    assert_eq!(small["memory"], 768u64 << 20, "an explicit size wins");
+    let _ = std::fs::remove_file(kernel);
+    let _ = std::fs::remove_file(config);
+}

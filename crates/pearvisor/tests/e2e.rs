@@ -1360,6 +1360,14 @@ echo "HOST-GUEST-LOG-BEGIN"; cat guest.log; echo "HOST-GUEST-LOG-END"
             || matches!(host_virtualization(), HostVirt::Hardware),
         "pearvisor re-executes itself under the runtime:\n{log}"
     );
+    if !matches!(host_virtualization(), HostVirt::Hardware) {
+        assert!(
+            log.contains(&format!(
+                "running under the GPU runtime at {L1_GPU_RUNTIME} (virglrenderer 1."
+            )),
+            "pearvisor names the runtime's virglrenderer:\n{log}"
+        );
+    }
     assert!(log.contains(READY), "no userspace marker:\n{log}");
     assert!(
         log.lines()

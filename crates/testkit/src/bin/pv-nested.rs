@@ -5,7 +5,10 @@
 //! image, carries it (as /l2/vmlinuz and /l2/initrd.img) and the pearvisor binary into L1 and
 //! runs `pearvisor <args>` there (no args: `pearvisor run`). `{kernel}` and `{initrd}` in the args are replaced by the
 //! image's in-L1 paths; when the args name no kernel, `--kernel /l2/vmlinuz --initrd
-//! /l2/initrd.img` is appended.
+//! /l2/initrd.img` is appended (and `--memory 1G` unless the args say how much). When the args ask for 3D (`context-types=`), the host's GPU
+//! runtime (`pearvisor gpu-runtime build`, built here when missing) goes into L1 too, at
+//! /opt/gpu-runtime, and `PEARVISOR_GPU_RUNTIME` points pearvisor at it (L1 has no
+//! virglrenderer); L1 then gets at least 4G.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,9 +29,9 @@ use pv_testkit::{host_virtualization, NestedMachine, L2_INITRD, L2_KERNEL};
                   Needs QEMU >= 10 (scripts/setup-host.sh installs it)."
 )]
 struct Args {
-    /// Memory of the L1 machine (QEMU -m syntax).
-    #[arg(long, default_value = "3G")]
-    memory: String,
+    /// Memory of the L1 machine (QEMU -m syntax) [default: 3G, 4G with the GPU runtime].
+    #[arg(long)]
+    memory: Option<String>,
     /// The pearvisor binary [default: `pearvisor` next to this program].
     #[arg(long, value_name = "PATH")]
     pearvisor: Option<PathBuf>,
@@ -76,8 +79,21 @@ fn pearvisor_args(args: &[String]) -> Vec<String> {
         if !names("--initrd") && !args.iter().any(|a| a.contains("{initrd}")) {
             out.extend(["--initrd".to_string(), L2_INITRD.to_string()]);
         }
+        // What pearvisor gives the default image when it picks it itself:
+        // the GPU userspace unpacks into RAM.
+        if !names("--memory") && !names("--config") {
+            out.extend(["--memory".to_string(), "1G".to_string()]);
+        }
     }
     out
+}
+
+/// Where the GPU runtime goes in L1.
+const L1_GPU_RUNTIME: &str = "/opt/gpu-runtime";
+
+/// Whether pearvisor's args ask for a 3D GPU (and so for the GPU runtime).
+fn wants_3d(args: &[String]) -> bool {
+    args.iter().any(|a| a.contains("context-types="))
 }
 
 fn default_pearvisor() -> Result<PathBuf> {
@@ -108,11 +124,32 @@ fn run() -> Result<ExitCode> {
     let image = pv_image::build_default_image(pv_image::ImageOptions::default())
         .context("cannot build the guest image")?;
 
+    let runtime = if wants_3d(&args.args) {
+        let rt = match pv_image::cached_gpu_runtime(None) {
+            Some(rt) => rt,
+            None => pv_image::build_gpu_runtime(pv_image::GpuRuntimeOptions::default())
+                .context("cannot build the GPU runtime (pearvisor gpu-runtime build)")?,
+        };
+        eprintln!(
+            "pv-nested: carrying the GPU runtime (virglrenderer {}) into L1 at {L1_GPU_RUNTIME}",
+            rt.version_of("libvirglrenderer1").unwrap_or("?")
+        );
+        Some(rt)
+    } else {
+        None
+    };
+    let memory = args
+        .memory
+        .clone()
+        .unwrap_or_else(|| if runtime.is_some() { "4G" } else { "3G" }.to_string());
     let mut machine = NestedMachine::new()
         .binary(&pearvisor)
         .guest_image(&image)
-        .memory(args.memory)
+        .memory(memory)
         .interactive(true);
+    if let Some(rt) = &runtime {
+        machine = machine.dir(&rt.root, L1_GPU_RUNTIME);
+    }
     for spec in &args.carry {
         let (src, dest) = spec
             .split_once(':')
@@ -137,22 +174,28 @@ fn run() -> Result<ExitCode> {
     if let Some(secs) = args.timeout {
         machine = machine.timeout(Duration::from_secs(secs));
     }
-    let script = if args.shell {
-        format!(
+    let env = if runtime.is_some() {
+        format!("export PEARVISOR_GPU_RUNTIME={L1_GPU_RUNTIME}\n")
+    } else {
+        String::new()
+    };
+    let script = env
+        + &if args.shell {
+            format!(
             "echo 'pv-nested: L1 shell ({name} is on PATH, the guest image is in /l2); exit to \
              power off'\nexec sh -l\n"
         )
-    } else {
-        let mut line = shell_quote(&name);
-        for a in pearvisor_args(&args.args) {
-            line.push(' ');
-            line.push_str(&shell_quote(&a));
-        }
-        format!(
-            "echo \"pv-nested: running {}\"\n{line}\n",
-            line.replace('"', "\\\"")
-        )
-    };
+        } else {
+            let mut line = shell_quote(&name);
+            for a in pearvisor_args(&args.args) {
+                line.push(' ');
+                line.push_str(&shell_quote(&a));
+            }
+            format!(
+                "echo \"pv-nested: running {}\"\n{line}\n",
+                line.replace('"', "\\\"")
+            )
+        };
     let out = machine
         .script(script)
         .run()
@@ -208,9 +251,22 @@ mod tests {
                 "--kernel",
                 "/l2/vmlinuz",
                 "--initrd",
-                "/l2/initrd.img"
+                "/l2/initrd.img",
+                "--memory",
+                "1G"
             ])
         );
+    }
+
+    #[test]
+    fn the_runtime_goes_along_only_for_3d() {
+        assert!(wants_3d(&v(&["run", "--gpu", "context-types=venus:virgl"])));
+        assert!(wants_3d(&v(&[
+            "run",
+            "--gpu=width=800,context-types=virgl"
+        ])));
+        assert!(!wants_3d(&v(&["run", "--gpu", "width=800"])));
+        assert!(!wants_3d(&[]));
     }
 
     #[test]
@@ -234,7 +290,7 @@ mod tests {
     #[test]
     fn cli_parses() {
         let a = Args::try_parse_from(["pv-nested", "--memory", "2G", "--", "run", "--x"]).unwrap();
-        assert_eq!(a.memory, "2G");
+        assert_eq!(a.memory.as_deref(), Some("2G"));
         assert_eq!(a.args, v(&["run", "--x"]));
     }
 }
