@@ -12,6 +12,7 @@
 //! | `pearvisor_vcpus` | gauge | |
 //! | `pearvisor_vcpu_exits_total` | counter | `vcpu`, `reason` |
 //! | `pearvisor_device_<counter>` | counter (gauge for levels) | `device` |
+//! | `pearvisor_device_fence_timeline_<counter>` | counter (gauge for latencies) | `device`, `timeline` |
 //!
 //! Device counters rise while a machine runs and start again from zero
 //! when the guest reboots (a new machine), which Prometheus reads as a
@@ -133,7 +134,8 @@ pub fn render(counters: &Value) -> String {
     }
 
     // One family per counter name, with a sample per device that has it.
-    let mut families: BTreeMap<String, Vec<(&str, String)>> = BTreeMap::new();
+    type Sample<'a> = (&'a str, Option<(&'a str, &'a str)>, String);
+    let mut families: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
     if let Some(devices) = counters["devices"].as_object() {
         for (device, fields) in devices {
             let Some(fields) = fields.as_object() else {
@@ -144,7 +146,25 @@ pub fn render(counters: &Value) -> String {
                     families
                         .entry(metric_name(name))
                         .or_default()
-                        .push((device.as_str(), v));
+                        .push((device.as_str(), None, v));
+                } else if let Some(groups) = value.as_object() {
+                    // `fence_timelines: {NAME: {fences: N, ...}}` becomes
+                    // `..._fence_timeline_fences{device, timeline="NAME"}`.
+                    let prefix = name.strip_suffix('s').unwrap_or(name);
+                    let label = prefix.rsplit('_').next().unwrap_or(prefix);
+                    for (group, counters) in groups {
+                        let Some(counters) = counters.as_object() else {
+                            continue;
+                        };
+                        for (counter, value) in counters {
+                            if let Some(v) = number(value) {
+                                families
+                                    .entry(metric_name(&format!("{prefix}_{counter}")))
+                                    .or_default()
+                                    .push((device.as_str(), Some((label, group.as_str())), v));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -157,8 +177,11 @@ pub fn render(counters: &Value) -> String {
             .map_or_else(|| format!("Device counter {name}."), |(_, h)| h.to_string());
         let kind = if is_level(&name) { "gauge" } else { "counter" };
         out.family(&metric, kind, &help);
-        for (device, v) in samples {
-            out.sample(&metric, &[("device", device)], &v);
+        for (device, group, v) in samples {
+            match group {
+                Some(label) => out.sample(&metric, &[("device", device), label], &v),
+                None => out.sample(&metric, &[("device", device)], &v),
+            }
         }
     }
     out.text
@@ -257,7 +280,11 @@ mod tests {
             "devices": {
                 "virtio-blk-0": {"read_bytes": 4096, "interrupts": 3, "queue_depth": 1},
                 "virtio-rng": {"interrupts": 9, "bytes": 64, "odd\"name": "text"},
-                "weird \"dev\"\n": {"read_bytes": 1}
+                "weird \"dev\"\n": {"read_bytes": 1},
+                "virtio-gpu": {"fences": 3, "fence_timelines": {
+                    "device": {"fences": 1, "latency_mean_ns": 500, "latency_max_ns": 700},
+                    "ctx1.ring0": {"fences": 2, "latency_mean_ns": 90, "latency_max_ns": 100}
+                }}
             }
         })
     }
@@ -334,6 +361,18 @@ mod tests {
             r#"device="virtio-rng""#,
             "9"
         ));
+        assert!(has(
+            "pearvisor_device_fence_timeline_fences",
+            r#"device="virtio-gpu",timeline="ctx1.ring0""#,
+            "2"
+        ));
+        assert!(has(
+            "pearvisor_device_fence_timeline_latency_max_ns",
+            r#"device="virtio-gpu",timeline="device""#,
+            "700"
+        ));
+        assert!(text.contains("# TYPE pearvisor_device_fence_timeline_fences counter"));
+        assert!(text.contains("# TYPE pearvisor_device_fence_timeline_latency_mean_ns gauge"));
         assert!(!text.contains("reason=\"total\""));
         assert!(!text.contains("odd"), "non-numbers are left out");
         assert!(text.contains("# TYPE pearvisor_device_read_bytes counter"));

@@ -1486,6 +1486,11 @@ echo "HOST-GUEST-LOG-BEGIN"; cat guest.log; echo "HOST-GUEST-LOG-END"
             .expect("ctl counters prints JSON");
     let gpu = find_key(&counters, "fences_context").expect("GPU counters in ctl counters");
     assert!(gpu.as_u64().unwrap_or(0) > 0, "context fences: {counters}");
+    // GL's fences (virgl) went on the device timeline, counted by name.
+    let device_fences = find_key(&counters, "fence_timelines")
+        .and_then(|t| t["device"]["fences"].as_u64())
+        .unwrap_or(0);
+    assert!(device_fences > 0, "device timeline fences: {counters}");
     assert_eq!(value(&log, "", "PV-RC"), Some("0"), "{log}");
 }
 

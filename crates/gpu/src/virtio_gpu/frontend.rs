@@ -323,7 +323,13 @@ impl Frontend {
                 (true, Some((idx, q))) => {
                     let p = self.pending.remove(i);
                     if p.armed {
-                        self.metrics.record_fence_latency(p.since.elapsed());
+                        let took = p.since.elapsed();
+                        self.metrics.record_fence_latency(took);
+                        let (ctx, ring) = match p.timeline {
+                            Timeline::Global => (0, 0),
+                            Timeline::Context { ctx_id, ring_idx } => (ctx_id, ring_idx),
+                        };
+                        self.metrics.record_timeline_fence(ctx, ring, took);
                     }
                     log::trace!(
                         "virtio-gpu: fence {} on {:?} done after {:?} (armed: {})",
@@ -535,6 +541,7 @@ impl Frontend {
             GpuCommand::CtxDestroy => {
                 let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
                 gpu.ctx_destroy(ctx_id)?;
+                self.metrics.forget_timelines(Some(ctx_id));
                 self.sync_usage();
                 Ok(Response::OkNoData)
             }
@@ -763,6 +770,7 @@ impl Frontend {
         if let Some(gpu) = self.backend.gpu3d() {
             gpu.reset();
         }
+        self.metrics.forget_timelines(None);
         for c in [
             &self.metrics.contexts_venus,
             &self.metrics.contexts_virgl,

@@ -5,7 +5,9 @@
 //! gives the flat object `VirtioDevice::metrics` returns (numbers only, so
 //! the Prometheus rendering takes every field as it is).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -111,6 +113,37 @@ pub struct GpuMetrics {
     pub fence_latency_count: AtomicU64,
     pub fence_latency_total_ns: AtomicU64,
     pub fence_latency_max_ns: AtomicU64,
+    /// Fences per timeline of the live contexts (and the device's), at
+    /// most [`MAX_TIMELINES`] of them.
+    timelines: Mutex<BTreeMap<(u32, u32), TimelineStats>>,
+}
+
+/// Timelines whose fences are counted one by one; a guest with more
+/// (1024 contexts x 64 rings are possible) is counted in the totals only.
+pub const MAX_TIMELINES: usize = 64;
+
+/// The fences of one timeline: the device's (`device`) or a context ring's
+/// (`ctx<id>.ring<idx>`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TimelineStats {
+    pub fences: u64,
+    pub latency_total_ns: u64,
+    pub latency_max_ns: u64,
+}
+
+impl TimelineStats {
+    pub fn latency_mean_ns(&self) -> u64 {
+        self.latency_total_ns.checked_div(self.fences).unwrap_or(0)
+    }
+}
+
+/// A timeline's name in the counters.
+pub fn timeline_name(ctx_id: u32, ring_idx: u32) -> String {
+    if ctx_id == 0 {
+        "device".to_string()
+    } else {
+        format!("ctx{ctx_id}.ring{ring_idx}")
+    }
 }
 
 /// A point-in-time copy of [`GpuMetrics`].
@@ -134,6 +167,8 @@ pub struct GpuMetricsSnapshot {
     pub fences_context: u64,
     pub fence_latency_mean_ns: u64,
     pub fence_latency_max_ns: u64,
+    /// Per timeline ([`timeline_name`]), in (context, ring) order.
+    pub timelines: Vec<(String, TimelineStats)>,
 }
 
 impl GpuMetricsSnapshot {
@@ -172,6 +207,28 @@ impl GpuMetrics {
         self.fence_latency_max_ns.fetch_max(ns, Ordering::Relaxed);
     }
 
+    /// Records a fence of context `ctx_id` (0: the device timeline) on ring
+    /// `ring_idx` that took `d` from its command's arrival to its signal.
+    pub fn record_timeline_fence(&self, ctx_id: u32, ring_idx: u32, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let mut timelines = self.timelines.lock().unwrap_or_else(|e| e.into_inner());
+        let full = timelines.len() >= MAX_TIMELINES;
+        let stats = match timelines.get_mut(&(ctx_id, ring_idx)) {
+            Some(s) => s,
+            None if full => return,
+            None => timelines.entry((ctx_id, ring_idx)).or_default(),
+        };
+        stats.fences += 1;
+        stats.latency_total_ns = stats.latency_total_ns.saturating_add(ns);
+        stats.latency_max_ns = stats.latency_max_ns.max(ns);
+    }
+
+    /// Drops the timelines of a destroyed context (all of them: `None`).
+    pub fn forget_timelines(&self, ctx_id: Option<u32>) {
+        let mut timelines = self.timelines.lock().unwrap_or_else(|e| e.into_inner());
+        timelines.retain(|&(ctx, _), _| ctx_id.is_some_and(|c| c != ctx));
+    }
+
     /// Reads every counter; `flushes` for the first `scanouts` scanouts.
     pub fn snapshot(&self, scanouts: usize) -> GpuMetricsSnapshot {
         let count = get(&self.latency_count);
@@ -203,6 +260,13 @@ impl GpuMetrics {
                 .checked_div(get(&self.fence_latency_count))
                 .unwrap_or(0),
             fence_latency_max_ns: get(&self.fence_latency_max_ns),
+            timelines: self
+                .timelines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(&(ctx, ring), s)| (timeline_name(ctx, ring), *s))
+                .collect(),
         }
     }
 
@@ -212,7 +276,8 @@ impl GpuMetrics {
     /// `fences`, `command_latency_mean_ns`, `command_latency_max_ns`, and
     /// the 3D ones: `submit_3d_bytes`, `contexts_{venus,virgl}_current`,
     /// `blob_bytes_mapped_current`, `fences_{global,context}`,
-    /// `fence_latency_{mean,max}_ns`.
+    /// `fence_latency_{mean,max}_ns`, and `fence_timelines`: an object with
+    /// `fences`, `latency_mean_ns` and `latency_max_ns` per timeline name.
     pub fn to_json(&self, scanouts: usize) -> serde_json::Value {
         let s = self.snapshot(scanouts);
         let mut m = serde_json::Map::new();
@@ -244,6 +309,26 @@ impl GpuMetrics {
             s.fence_latency_mean_ns.into(),
         );
         m.insert("fence_latency_max_ns".into(), s.fence_latency_max_ns.into());
+        if !s.timelines.is_empty() {
+            let timelines = s
+                .timelines
+                .iter()
+                .map(|(name, t)| {
+                    (
+                        name.clone(),
+                        serde_json::json!({
+                            "fences": t.fences,
+                            "latency_mean_ns": t.latency_mean_ns(),
+                            "latency_max_ns": t.latency_max_ns,
+                        }),
+                    )
+                })
+                .collect();
+            m.insert(
+                "fence_timelines".into(),
+                serde_json::Value::Object(timelines),
+            );
+        }
         serde_json::Value::Object(m)
     }
 }
@@ -271,5 +356,38 @@ mod tests {
         assert_eq!(j["command_latency_max_ns"], 300);
         assert!(j.as_object().unwrap().values().all(|v| v.is_u64()));
         assert_eq!(GpuMetrics::default().snapshot(1).latency_mean_ns, 0);
+        assert!(
+            j.get("fence_timelines").is_none(),
+            "no fences, no timelines"
+        );
+    }
+
+    #[test]
+    fn fences_per_timeline_are_bounded_and_forgotten_with_their_context() {
+        let m = GpuMetrics::default();
+        m.record_timeline_fence(0, 0, Duration::from_nanos(10));
+        m.record_timeline_fence(3, 1, Duration::from_nanos(100));
+        m.record_timeline_fence(3, 1, Duration::from_nanos(300));
+        let j = m.to_json(1);
+        let t = &j["fence_timelines"];
+        assert_eq!(t["device"]["fences"], 1);
+        assert_eq!(t["ctx3.ring1"]["fences"], 2);
+        assert_eq!(t["ctx3.ring1"]["latency_mean_ns"], 200);
+        assert_eq!(t["ctx3.ring1"]["latency_max_ns"], 300);
+        // A hostile number of timelines: only the first MAX_TIMELINES.
+        for ctx in 10..1000 {
+            m.record_timeline_fence(ctx, 0, Duration::from_nanos(1));
+        }
+        assert_eq!(m.snapshot(1).timelines.len(), MAX_TIMELINES);
+        m.record_timeline_fence(3, 1, Duration::from_nanos(1));
+        assert_eq!(
+            m.snapshot(1).timelines[1].1.fences,
+            3,
+            "known ones still count"
+        );
+        m.forget_timelines(Some(3));
+        assert!(m.to_json(1)["fence_timelines"].get("ctx3.ring1").is_none());
+        m.forget_timelines(None);
+        assert!(m.to_json(1).get("fence_timelines").is_none());
     }
 }

@@ -263,6 +263,10 @@ fn three_d_device_against_virglrenderer() {
     assert_eq!(hdr.flags, FLAG_FENCE | FLAG_INFO_RING_IDX);
     assert_eq!((hdr.fence_id, hdr.ctx_id), (5, 1));
     assert_eq!(metrics.snapshot(1).fences_context, 1);
+    let timelines = metrics.snapshot(1).timelines;
+    assert_eq!(timelines.len(), 1, "{timelines:?}");
+    assert_eq!(timelines[0].0, "ctx1.ring0");
+    assert_eq!(timelines[0].1.fences, 1);
 
     // A GL texture with guest backing shown on scanout 0.
     let (w, h) = (64u32, 32u32);
@@ -339,6 +343,13 @@ fn three_d_device_against_virglrenderer() {
     mem.read_slice(&mut resp, GuestAddress(RESP)).unwrap();
     let hdr = CtrlHdr::decode(&resp).unwrap();
     assert_eq!((hdr.flags, hdr.fence_id), (FLAG_FENCE, 77));
+    let timelines = metrics.snapshot(1).timelines;
+    assert!(
+        timelines
+            .iter()
+            .any(|(name, t)| name == "device" && t.fences == 1),
+        "{timelines:?}"
+    );
 
     // Hostile: unknown contexts, garbage command streams; the device lives.
     let mut garbage = req(CMD_SUBMIT_3D, 0, 0, 2, 0, &[64, 0]);
@@ -376,6 +387,14 @@ fn three_d_device_against_virglrenderer() {
         RESP_ERR_INVALID_CONTEXT_ID
     );
     assert_eq!(metrics.snapshot(1).contexts_venus, 0);
+    assert!(
+        metrics
+            .snapshot(1)
+            .timelines
+            .iter()
+            .all(|(name, _)| !name.starts_with("ctx1.")),
+        "a destroyed context's timelines are gone"
+    );
     // Mapping a blob and resetting the device removes the window mapping.
     assert_eq!(rtype(&d.cmd(&mut fe, &map_blob(12, 0))), RESP_OK_MAP_INFO);
     fe.shutdown();
