@@ -1,7 +1,8 @@
 //! The guest's GPU userspace, from Debian trixie's packages: Mesa's Venus Vulkan driver
 //! (`libvulkan_virtio.so` with its ICD manifest; the only Vulkan driver installed), the Vulkan
 //! loader, `vulkaninfo` and `vkcube`, and (at [`GpuUserspace::Full`]) Mesa's EGL/GL with the
-//! virgl driver (inside `libgallium`, which links LLVM), libglvnd and `eglinfo`.
+//! virgl driver (inside `libgallium`, which links LLVM), libglvnd, `eglinfo` and `kmscube` (a
+//! spinning cube drawn with GLES on GBM and page-flipped with KMS: a small real GL program).
 //!
 //! The packages' dependency closure is downloaded and extracted into the cache like the
 //! kernel; from it only the files named in [`VULKAN_FILES`] / [`GL_FILES`] and the shared
@@ -74,6 +75,7 @@ pub const GL_PACKAGES: &[&str] = &[
     "libgbm1",
     "mesa-libgallium",
     "mesa-utils-bin",
+    "kmscube",
 ];
 /// Packages of the closure that carry nothing the guest's programs load.
 pub const EXCLUDED_PACKAGES: &[&str] = &[
@@ -110,6 +112,7 @@ pub const VULKAN_FILES: &[(&str, &str)] = &[
 /// Files of the EGL/GL part (see [`VULKAN_FILES`]).
 pub const GL_FILES: &[(&str, &str)] = &[
     ("usr/bin/eglinfo.x86_64-linux-gnu", "/usr/bin/eglinfo"),
+    ("usr/bin/kmscube", "/usr/bin/kmscube"),
     (
         "usr/lib/x86_64-linux-gnu/libEGL.so.1",
         "/usr/lib/x86_64-linux-gnu/libEGL.so.1",

@@ -1064,12 +1064,13 @@ const GPU_USERSPACE_CHECK: &str = r#"
 L=/lib64/ld-linux-x86-64.so.2
 LIB=/usr/lib/x86_64-linux-gnu
 for f in /usr/share/vulkan/icd.d/virtio_icd.json $LIB/libvulkan_virtio.so $LIB/libvulkan.so.1 \
-    /usr/bin/vulkaninfo /usr/bin/vkcube /usr/bin/eglinfo /usr/share/glvnd/egl_vendor.d/50_mesa.json; do
+    /usr/bin/vulkaninfo /usr/bin/vkcube /usr/bin/eglinfo /usr/bin/kmscube \
+    /usr/share/glvnd/egl_vendor.d/50_mesa.json; do
     [ -s "$f" ] && echo "PV-HAS=$f"
 done
 echo "PV-ICDS=$(ls /usr/share/vulkan/icd.d | tr '\n' ' ')"
-for f in /usr/bin/vulkaninfo /usr/bin/vkcube /usr/bin/eglinfo $LIB/libvulkan_virtio.so $LIB/libvulkan.so.1 \
-    $LIB/libEGL_mesa.so.0 $LIB/gbm/dri_gbm.so $LIB/libgallium-*.so; do
+for f in /usr/bin/vulkaninfo /usr/bin/vkcube /usr/bin/eglinfo /usr/bin/kmscube \
+    $LIB/libvulkan_virtio.so $LIB/libvulkan.so.1 $LIB/libEGL_mesa.so.0 $LIB/gbm/dri_gbm.so $LIB/libgallium-*.so; do
     $L --list "$f" > /tmp/list.txt 2>&1
     echo "PV-LIST $f rc=$? missing=$(grep -c 'not found' /tmp/list.txt)"
 done
@@ -1122,6 +1123,7 @@ echo "PV-RC=$?"
         "/usr/bin/vulkaninfo",
         "/usr/bin/vkcube",
         "/usr/bin/eglinfo",
+        "/usr/bin/kmscube",
         "/usr/share/glvnd/egl_vendor.d/50_mesa.json",
     ] {
         assert!(
@@ -1135,7 +1137,7 @@ echo "PV-RC=$?"
         "only the Venus driver:\n{log}"
     );
     let lists: Vec<&str> = log.lines().filter(|l| l.starts_with("PV-LIST ")).collect();
-    assert_eq!(lists.len(), 8, "{log}");
+    assert_eq!(lists.len(), 9, "{log}");
     for l in &lists {
         assert!(
             l.trim_end().ends_with("rc=0 missing=0"),
@@ -1200,6 +1202,11 @@ pv-vkcheck --scanout --hold 10
 echo "PV-SCANOUT-RC=$?"
 pv-vkcheck --vk-scanout --hold 10
 echo "PV-VKSCANOUT-RC=$?"
+# A real GL program: kmscube draws a spinning cube with GLES (virgl) into
+# GBM buffers and page-flips them with KMS, 60 frames.
+kmscube -c 60 > /tmp/kmscube.txt 2>&1
+echo "PV-KMSCUBE-RC=$?"
+echo "PV-KMSCUBE-BEGIN"; tail -c 2000 /tmp/kmscube.txt; echo; echo "PV-KMSCUBE-END"
 echo "PV-DMESG-BEGIN"; dmesg | grep -i -E 'virtio|drm|gpu' | tail -n 20; echo "PV-DMESG-END"
 "#;
 
@@ -1476,6 +1483,14 @@ echo "HOST-GUEST-LOG-BEGIN"; cat guest.log; echo "HOST-GUEST-LOG-END"
         without_screenshots(&log)
     );
     assert_eq!(value(&log, "", "PV-VKSCANOUT-RC"), Some("0"), "{log}");
+
+    // kmscube: 60 frames drawn through virgl and page-flipped on the CRTC.
+    let kms = between(&log, "PV-KMSCUBE-BEGIN", "PV-KMSCUBE-END");
+    assert_eq!(value(&log, "", "PV-KMSCUBE-RC"), Some("0"), "{kms}");
+    assert!(
+        kms.contains("Rendered 60 frames"),
+        "kmscube finishes its frames:\n{kms}"
+    );
 
     // The sync file waited on a fence of the Venus context's ring: the
     // device signalled fences on context timelines, and blob scanouts.

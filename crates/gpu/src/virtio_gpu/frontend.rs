@@ -44,7 +44,7 @@ use super::protocol::{
     CtrlHdr, DecodeError, GpuCommand, Response, FLAG_INFO_RING_IDX, HDR_LEN, MAX_REQUEST_LEN,
     RESP_ERR_UNSPEC, SUBMIT_LEN,
 };
-use super::scanout::{cursor_image, DisplayControl, ScanoutError, Scanouts};
+use super::scanout::{cursor_image, DisplayControl, ScanoutError, Scanouts, MAX_CURSOR_SIZE};
 use crate::virgl::{Timeline, CAPSET_VENUS};
 
 /// Why a request failed.
@@ -112,6 +112,9 @@ struct Pending {
     /// The renderer will signal it (false: it completes in order).
     armed: bool,
     signalled: bool,
+    /// Its context was destroyed first: virglrenderer drops such fences
+    /// without signalling them, so the device completes them itself.
+    orphaned: bool,
     since: Instant,
 }
 
@@ -137,6 +140,8 @@ pub struct Frontend {
     writable: Vec<(GuestAddress, u32)>,
     submit: Vec<u32>,
     pending: Vec<Pending>,
+    /// A CTX_DESTROY of this batch left pending fences to complete.
+    orphans_found: bool,
     fence_fd: Option<RawFd>,
 }
 
@@ -164,6 +169,7 @@ impl Frontend {
             writable: Vec::new(),
             submit: Vec::new(),
             pending: Vec::new(),
+            orphans_found: false,
             fence_fd,
         }
     }
@@ -322,7 +328,7 @@ impl Frontend {
             match (ready, queue) {
                 (true, Some((idx, q))) => {
                     let p = self.pending.remove(i);
-                    if p.armed {
+                    if p.armed && !p.orphaned {
                         let took = p.since.elapsed();
                         self.metrics.record_fence_latency(took);
                         let (ctx, ring) = match p.timeline {
@@ -542,6 +548,15 @@ impl Frontend {
                 let gpu = self.backend.gpu3d().ok_or(CommandError::No3d(name))?;
                 gpu.ctx_destroy(ctx_id)?;
                 self.metrics.forget_timelines(Some(ctx_id));
+                // Its pending fences (queued before this request) will
+                // never be signalled: complete them, in order.
+                for p in &mut self.pending {
+                    if matches!(p.timeline, Timeline::Context { ctx_id: c, .. } if c == ctx_id) {
+                        p.signalled = true;
+                        p.orphaned = true;
+                        self.orphans_found = true;
+                    }
+                }
                 self.sync_usage();
                 Ok(Response::OkNoData)
             }
@@ -720,6 +735,15 @@ impl Frontend {
                 if resource_id == 0 {
                     self.scanouts.update_cursor(pos, None)?;
                 } else {
+                    // Refused before a 3D resource is read back in whole.
+                    let info = self.backend.info(resource_id)?;
+                    if info.width > MAX_CURSOR_SIZE || info.height > MAX_CURSOR_SIZE {
+                        return Err(ScanoutError::CursorTooLarge {
+                            width: info.width,
+                            height: info.height,
+                        }
+                        .into());
+                    }
                     let view = self.backend.view(resource_id)?;
                     let image = cursor_image(&view, hot_x, hot_y)?;
                     self.scanouts.update_cursor(pos, Some(&image))?;
@@ -790,13 +814,14 @@ impl Frontend {
 
 impl QueueHandler for Frontend {
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
-        let mut kept = Vec::new();
+        let before = self.pending.len();
+        self.orphans_found = false;
         let notify = drain_queue_deferred(queue, mem, |chain| {
             let head = chain.head_index();
             let outcome = self.handle_chain(chain, mem);
             match outcome.fence {
                 Some((timeline, fence_id, armed)) => {
-                    kept.push(Pending {
+                    self.pending.push(Pending {
                         queue: index,
                         head,
                         len: outcome.len,
@@ -804,6 +829,7 @@ impl QueueHandler for Frontend {
                         fence_id,
                         armed,
                         signalled: false,
+                        orphaned: false,
                         since: Instant::now(),
                     });
                     None
@@ -811,10 +837,9 @@ impl QueueHandler for Frontend {
                 None => Some(outcome.len),
             }
         });
-        if kept.is_empty() {
+        if self.pending.len() == before && !self.orphans_found {
             return notify;
         }
-        self.pending.extend(kept);
         // Fences signalled meanwhile, and ones the renderer could not arm.
         self.note_signalled();
         let mask = self.settle(&mut [(index, queue)], mem);

@@ -101,9 +101,9 @@ pub const ATTACH_BACKING_LEN: usize = HDR_LEN + 8;
 /// sends one per contiguous run of pages; 16384 covers 64 MiB of scattered
 /// 4 KiB pages).
 pub const MAX_BACKING_ENTRIES: u32 = 16384;
-/// The longest request the device reads: ATTACH_BACKING with the most entries.
-pub const MAX_REQUEST_LEN: usize =
-    ATTACH_BACKING_LEN + MAX_BACKING_ENTRIES as usize * MEM_ENTRY_LEN;
+/// The longest request the device reads: RESOURCE_CREATE_BLOB (the longer
+/// of the two requests with entries) with the most entries.
+pub const MAX_REQUEST_LEN: usize = CREATE_BLOB_LEN + MAX_BACKING_ENTRIES as usize * MEM_ENTRY_LEN;
 /// Length of `struct virtio_gpu_submit` (before its command stream).
 pub const SUBMIT_LEN: usize = HDR_LEN + 8;
 /// The longest 3D command stream one SUBMIT_3D may carry (virgl's command

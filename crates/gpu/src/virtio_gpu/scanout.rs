@@ -326,7 +326,7 @@ impl Scanouts {
                 clip.height,
             );
             let Some(data) = frame_bytes(view, s.rect) else {
-                log::warn!("virtio-gpu: scanout {i} rectangle outside resource {resource_id}");
+                log::debug!("virtio-gpu: scanout {i} rectangle outside resource {resource_id}");
                 continue;
             };
             let frame = FrameView {

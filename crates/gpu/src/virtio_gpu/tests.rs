@@ -736,7 +736,8 @@ fn resource_errors() {
             "{entries:?}"
         );
     }
-    let many = vec![(BACKING, 16); MAX_BACKING_ENTRIES as usize + 1];
+    // Too many entries, in a request longer than the device reads.
+    let many = vec![(BACKING, 16); MAX_BACKING_ENTRIES as usize + 2];
     let req = encode::resource_attach_backing(1, &many);
     assert!(req.len() > MAX_REQUEST_LEN);
     assert_eq!(st(&mut d, fe, req), RESP_ERR_INVALID_PARAMETER);
@@ -1190,4 +1191,5 @@ fn activate_serves_kicks_resizes_and_reset_clears_the_screens() {
     assert!(gpu.reset().is_none());
 }
 
+mod manual3d;
 mod three_d;

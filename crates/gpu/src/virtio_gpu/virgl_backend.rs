@@ -41,14 +41,28 @@ const TARGET_TEXTURE_2D: u32 = 2;
 
 #[derive(Debug)]
 enum Kind {
-    /// RESOURCE_CREATE_3D.
-    Classic { width: u32, height: u32 },
+    /// RESOURCE_CREATE_3D; zero size when it cannot be shown.
+    Classic {
+        width: u32,
+        height: u32,
+        format: pv_display::PixelFormat,
+    },
     /// RESOURCE_CREATE_BLOB.
     Blob {
         blob_mem: u32,
         flags: u32,
         size: u64,
     },
+}
+
+/// The largest scanout, as Linux's virtio_gpu caps its framebuffers.
+const MAX_VIEWABLE: u32 = 8192;
+
+/// Makes room for `len` bytes in `buf`, or says the host is out of memory
+/// (a failed allocation would abort the VMM).
+fn reserve(buf: &mut Vec<u8>, len: usize) -> Result<(), BackendError> {
+    buf.try_reserve_exact(len.saturating_sub(buf.len()))
+        .map_err(|_| BackendError::Alloc(len as u64))
 }
 
 #[derive(Debug)]
@@ -58,8 +72,9 @@ struct Resource {
     backing: Vec<MemEntry>,
     /// Where the guest mapped it (offset in the window, length).
     mapped: Option<(u64, u64)>,
-    /// The host address of a mapping made through virglrenderer.
-    host_map: Option<usize>,
+    /// A mapping made through virglrenderer: host address and map info
+    /// (cache type) as virglrenderer reported it.
+    host_map: Option<(usize, u32)>,
     /// How a scanout of this blob reads its pixels.
     layout: Option<ScanoutBlob>,
     /// HOST3D bytes charged to the budget.
@@ -220,6 +235,10 @@ impl VirglBackend {
         let stride = u64::from(layout.strides[0]);
         let offset = u64::from(layout.offsets[0]);
         let mut scratch = std::mem::take(&mut self.scratch);
+        if let Err(e) = reserve(&mut scratch, (row * u64::from(h)) as usize) {
+            self.scratch = scratch;
+            return Err(e);
+        }
         scratch.resize((row * u64::from(h)) as usize, 0);
         match res.kind {
             Kind::Blob {
@@ -238,7 +257,7 @@ impl VirglBackend {
             }
             Kind::Blob { size, .. } => {
                 let addr = match res.host_map {
-                    Some(a) => a as *mut u8,
+                    Some((a, _)) => a as *mut u8,
                     None => {
                         let m = self
                             .renderer
@@ -251,7 +270,7 @@ impl VirglBackend {
                             return Err(BackendError::NotViewable(resource_id));
                         }
                         if let Some(r) = self.resources.get_mut(&resource_id) {
-                            r.host_map = Some(m.addr as usize);
+                            r.host_map = Some((m.addr as usize, m.map_info));
                         }
                         m.addr
                     }
@@ -260,13 +279,20 @@ impl VirglBackend {
                     let src = offset + y * stride;
                     let at = (y * row) as usize;
                     if src + row <= size {
+                        let dst = &mut scratch[at..at + row as usize];
                         // SAFETY: the mapping covers `size` bytes and
                         // src + row <= size; it stays mapped while the
                         // resource lives (host_map is unmapped on unref).
-                        let line = unsafe {
-                            std::slice::from_raw_parts(addr.add(src as usize), row as usize)
+                        // The guest and the GPU may write it meanwhile, so
+                        // it is copied as raw bytes, never borrowed as a
+                        // slice; `dst` is host memory of `row` bytes.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                addr.add(src as usize),
+                                dst.as_mut_ptr(),
+                                row as usize,
+                            )
                         };
-                        scratch[at..at + row as usize].copy_from_slice(line);
                     }
                 }
             }
@@ -352,7 +378,7 @@ impl GpuBackend for VirglBackend {
                 .twod
                 .transfer_to_host_2d(resource_id, rect, offset, mem);
         };
-        let Kind::Classic { width, height } = res.kind else {
+        let Kind::Classic { width, height, .. } = res.kind else {
             return Err(BackendError::NotViewable(resource_id));
         };
         check_rect(rect, width, height)?;
@@ -387,12 +413,18 @@ impl GpuBackend for VirglBackend {
                     height: l.height,
                     format: pixel_format(l.format).ok_or(BackendError::BadFormat(l.format))?,
                 }),
-                (Kind::Classic { width, height }, None) => Ok(ResourceInfo {
+                (
+                    Kind::Classic {
+                        width,
+                        height,
+                        format,
+                    },
+                    None,
+                ) => Ok(ResourceInfo {
                     width: *width,
                     height: *height,
-                    // virgl's 32-bit formats are read back as B8G8R8X8 by
-                    // default; see `view`.
-                    format: pv_display::PixelFormat::B8G8R8X8,
+                    // virglrenderer reads a texture back in its own format.
+                    format: *format,
                 }),
                 (Kind::Blob { .. }, None) => Err(BackendError::NotViewable(resource_id)),
             },
@@ -413,6 +445,7 @@ impl GpuBackend for VirglBackend {
         }
         let info = self.info(resource_id)?;
         let bytes = info.width as usize * info.height as usize * 4;
+        reserve(&mut self.scratch, bytes)?;
         self.scratch.resize(bytes, 0);
         let bx = VirglBox {
             x: 0,
@@ -546,13 +579,25 @@ impl Gpu3d for VirglBackend {
         self.renderer
             .create_resource(resource_id, &r)
             .map_err(BackendError::Renderer)?;
-        let viewable = args.target == TARGET_TEXTURE_2D && pixel_format(args.format).is_some();
+        // Only 2D textures of a 32-bit RGB format can be shown (the kernel
+        // caps scanouts at 8192x8192; bigger ones stay invisible).
+        let viewable = match pixel_format(args.format) {
+            Some(format)
+                if args.target == TARGET_TEXTURE_2D
+                    && args.width <= MAX_VIEWABLE
+                    && args.height <= MAX_VIEWABLE =>
+            {
+                Some(format)
+            }
+            _ => None,
+        };
         self.resources.insert(
             resource_id,
             Resource {
                 kind: Kind::Classic {
-                    width: if viewable { args.width } else { 0 },
-                    height: if viewable { args.height } else { 0 },
+                    width: if viewable.is_some() { args.width } else { 0 },
+                    height: if viewable.is_some() { args.height } else { 0 },
+                    format: viewable.unwrap_or(pv_display::PixelFormat::B8G8R8X8),
                 },
                 backing: Vec::new(),
                 mapped: None,
@@ -727,10 +772,10 @@ impl Gpu3d for VirglBackend {
             }
         }
         let mapping = match res.host_map {
-            Some(addr) => crate::virgl::BlobMapping {
+            Some((addr, map_info)) => crate::virgl::BlobMapping {
                 addr: addr as *mut u8,
                 size,
-                map_info: crate::virgl::ffi::MAP_CACHE_CACHED,
+                map_info,
             },
             None => self
                 .renderer
@@ -752,7 +797,7 @@ impl Gpu3d for VirglBackend {
         }
         if let Some(res) = self.resources.get_mut(&resource_id) {
             res.mapped = Some((offset, len));
-            res.host_map = Some(mapping.addr as usize);
+            res.host_map = Some((mapping.addr as usize, mapping.map_info));
         }
         self.mappings.insert(offset, (len, resource_id));
         self.mapped_bytes += len;
@@ -785,7 +830,11 @@ impl Gpu3d for VirglBackend {
             return Err(BackendError::NotViewable(id));
         };
         let format = pixel_format(blob.format).ok_or(BackendError::BadFormat(blob.format))?;
-        if blob.width == 0 || blob.height == 0 || blob.width > 16384 || blob.height > 16384 {
+        if blob.width == 0
+            || blob.height == 0
+            || blob.width > MAX_VIEWABLE
+            || blob.height > MAX_VIEWABLE
+        {
             return Err(BackendError::BadSize {
                 width: blob.width,
                 height: blob.height,
@@ -796,6 +845,15 @@ impl Gpu3d for VirglBackend {
         let end = u64::from(blob.offsets[0]) + stride * u64::from(blob.height - 1) + row;
         if stride < row || end > size {
             return Err(BackendError::OutsideBacking { end, len: size });
+        }
+        // An empty rectangle would pass here and fail in the scanout after
+        // the layout changed under every scanout showing this blob.
+        if blob.rect.width == 0 || blob.rect.height == 0 {
+            return Err(BackendError::OutsideResource {
+                rect: blob.rect,
+                width: blob.width,
+                height: blob.height,
+            });
         }
         check_rect(blob.rect, blob.width, blob.height)?;
         if let Some(res) = self.resources.get_mut(&id) {

@@ -569,6 +569,98 @@ fn blob_scanouts_show_host_and_guest_blobs() {
     fe.shutdown();
 }
 
+/// A 3D texture's own format reaches the display (an R8G8B8X8 texture
+/// is not shown as B8G8R8X8), and textures a scanout or the cursor cannot
+/// show (bigger than 8192, or than 64x64 for the cursor) are refused before
+/// anything is read back.
+#[test]
+fn three_d_scanouts_keep_their_format_and_size_limits() {
+    if !crate::virgl::testing::in_gpu_runtime(
+        "virtio_gpu::tests::three_d::three_d_scanouts_keep_their_format_and_size_limits",
+    ) {
+        return;
+    }
+    let Gpu3d {
+        mut fe, mem, sink, ..
+    } = gpu_3d(640, 480, 64 << 20);
+    let mut d = Driver::new(&mem);
+    assert_eq!(d.status(&mut fe, &ctx_create(2, 0)), RESP_OK_NODATA);
+    let texture = |id: u32, format: u32, w: u32, h: u32| {
+        req(
+            CMD_RESOURCE_CREATE_3D,
+            0,
+            0,
+            2,
+            0,
+            &[id, 2, format, (1 << 1) | (1 << 3), w, h, 1, 1, 0, 0, 0, 0],
+        )
+    };
+    const R8G8B8X8: u32 = 134;
+    let (w, h) = (32u32, 16u32);
+    assert_eq!(
+        d.status(&mut fe, &texture(30, R8G8B8X8, w, h)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        d.status(&mut fe, &req(CMD_CTX_ATTACH_RESOURCE, 0, 0, 2, 0, &[30, 0])),
+        RESP_OK_NODATA
+    );
+    let image = pattern((w * h * 4) as usize, 21);
+    let backing = scattered_backing(&mem, &image);
+    assert_eq!(
+        d.status(&mut fe, &encode::resource_attach_backing(30, &backing)),
+        RESP_OK_NODATA
+    );
+    let mut t = req(CMD_TRANSFER_TO_HOST_3D, 0, 0, 2, 0, &[0, 0, 0, w, h, 1]);
+    t.extend_from_slice(&0u64.to_le_bytes());
+    for f in [30u32, 0, w * 4, 0] {
+        t.extend_from_slice(&f.to_le_bytes());
+    }
+    assert_eq!(d.status(&mut fe, &t), RESP_OK_NODATA);
+    let full = Rect::new(0, 0, w, h);
+    assert_eq!(
+        d.status(&mut fe, &encode::set_scanout(0, 30, full)),
+        RESP_OK_NODATA
+    );
+    sink.take();
+    assert_eq!(
+        d.status(&mut fe, &encode::resource_flush(30, full)),
+        RESP_OK_NODATA
+    );
+    let shown = sink.take().into_iter().find_map(|e| match e {
+        Event::Update { pixels, format, .. } => Some((format, pixels)),
+        _ => None,
+    });
+    let (format, pixels) = shown.expect("the texture reached the sink");
+    assert_eq!(format, PixelFormat::R8G8B8X8);
+    let rgb = |v: &[u8]| -> Vec<u8> { v.chunks(4).flat_map(|p| p[..3].to_vec()).collect() };
+    assert_eq!(rgb(&pixels), rgb(&image), "red stays red");
+
+    // Too big for a scanout (Linux caps framebuffers at 8192): refused, and
+    // nothing is read back for it.
+    assert_eq!(
+        d.status(&mut fe, &texture(31, FORMAT_B8G8R8X8_UNORM, 9000, 16)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        d.status(
+            &mut fe,
+            &encode::set_scanout(0, 31, Rect::new(0, 0, 64, 16))
+        ),
+        RESP_ERR_INVALID_PARAMETER
+    );
+    // A cursor bigger than 64x64 is refused before its read back.
+    assert_eq!(
+        d.status(&mut fe, &texture(32, FORMAT_B8G8R8A8_UNORM, 4096, 4096)),
+        RESP_OK_NODATA
+    );
+    assert_ne!(
+        d.status(&mut fe, &encode::update_cursor(0, 0, 0, 32, 0, 0)),
+        RESP_OK_NODATA
+    );
+    fe.shutdown();
+}
+
 /// Random 3D requests from a hostile guest — ids, capsets, sizes, offsets,
 /// boxes and command streams picked to hit edges — each gets a response of
 /// a valid type, and the device still serves afterwards.
