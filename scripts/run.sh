@@ -2,9 +2,9 @@
 # Sets up the host, builds PearVisor, the default guest image and the host
 # GPU runtime, and boots the default guest with an accelerated virtio-gpu
 # (Vulkan through Venus, OpenGL through virgl): its console on this terminal
-# (Ctrl-A x quits; try `vulkaninfo --summary` or `eglinfo -B -p surfaceless`
-# there) and its screen in the browser at http://127.0.0.1:8080/ (keyboard
-# and mouse go to the guest).
+# (Ctrl-A x quits; try `vulkaninfo --summary`, `eglinfo -B -p surfaceless`
+# or `kmscube` there) and its screen in the browser at
+# http://127.0.0.1:8080/ (keyboard and mouse go to the guest).
 # On a host without hardware virtualization the guest runs inside the
 # nested-KVM machine (QEMU/TCG with emulated AMD SVM), which is slower; the
 # GPU runtime goes into it and the viewer's port is forwarded out of it.
