@@ -94,7 +94,9 @@ pub trait ScanoutSink: Send + Sync {
     /// Scanout `scanout` now shows `width` x `height` pixels, or (None) is off.
     fn set_mode(&self, scanout: u32, mode: Option<(u32, u32)>);
     /// `damage` of scanout `scanout` changed; `frame` is the whole scanout
-    /// image (its size equals the mode's).
+    /// image (its size equals the mode's), of which only the `damage`
+    /// rectangle is sure to be current (a 3D scanout reads back only what
+    /// the guest flushed).
     fn update(&self, scanout: u32, frame: &FrameView<'_>, damage: Rect);
     /// A new cursor image for `scanout` (None hides the cursor).
     fn set_cursor(&self, scanout: u32, image: Option<&CursorImage>);

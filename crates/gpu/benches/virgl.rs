@@ -7,7 +7,10 @@
 //!   Venus ring memory kind), beside mmap + first touch + munmap of
 //!   anonymous memory of the same size (the physical floor);
 //! - texture upload: TRANSFER_TO_HOST of a 1920x1080 BGRX texture from a
-//!   host buffer, beside a memcpy of the same bytes.
+//!   host buffer, beside a memcpy of the same bytes;
+//! - scanout read back: what a RESOURCE_FLUSH of a 3D scanout costs, the
+//!   whole 1920x1080 frame beside a 64x64 damaged rectangle (what the
+//!   device reads since it reads only the flushed rectangle).
 //!
 //! The host's virglrenderer may be too old, so the bench runs itself under
 //! the GPU runtime like the tests (`PEARVISOR_GPU_RUNTIME=DIR` or the
@@ -251,6 +254,39 @@ fn main() {
         c.median.as_secs_f64() * 1e3,
         gbs(c.median),
         100.0 * c.median.as_secs_f64() / u.median.as_secs_f64()
+    );
+
+    // Scanout read back at a flush: the whole frame vs a 64x64 damage.
+    let mut frame = vec![0u8; bytes];
+    let mut full = Vec::new();
+    let mut damage = Vec::new();
+    for i in 0..30u32 {
+        let s = Instant::now();
+        r.read_into(50, t.bx, w * 4, 0, &mut frame)
+            .expect("read back");
+        full.push(s.elapsed());
+        let (x, y) = ((i * 97) % (w - 64), (i * 53) % (h - 64));
+        let bx = VirglBox {
+            x,
+            y,
+            z: 0,
+            w: 64,
+            h: 64,
+            d: 1,
+        };
+        let s = Instant::now();
+        r.read_into(50, bx, w * 4, u64::from(y * w * 4 + x * 4), &mut frame)
+            .expect("read back");
+        damage.push(s.elapsed());
+        black_box(&frame);
+    }
+    let (f, d) = (stats(full), stats(damage));
+    println!(
+        "1920x1080 scanout read back: whole frame median {:.2} ms ({:.2} GB/s); 64x64 damage {:.1} us ({:.0}x less)",
+        f.median.as_secs_f64() * 1e3,
+        gbs(f.median),
+        us(d.median),
+        f.median.as_secs_f64() / d.median.as_secs_f64()
     );
     r.detach_backing(50);
     r.unref_resource(50);

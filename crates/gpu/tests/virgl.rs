@@ -200,7 +200,7 @@ fn virgl_texture_round_trip_and_global_fence() {
     };
     r.transfer_write(&t).expect("transfer to host");
     let mut out = vec![0u8; backing.len()];
-    r.read_into(5, full, w * 4, &mut out).expect("read back");
+    r.read_into(5, full, w * 4, 0, &mut out).expect("read back");
     assert_eq!(
         out, backing,
         "texture contents round-trip through the GL texture"

@@ -725,13 +725,14 @@ impl Renderer {
         check("virgl_renderer_transfer_read_iov", rc)
     }
 
-    /// Reads `bx` of a resource into `out` (tightly packed rows of
-    /// `stride` bytes), for the display sinks.
+    /// Reads `bx` of a resource into `out`, its first row at byte `offset`
+    /// and rows `stride` bytes apart, for the display sinks.
     pub fn read_into(
         &mut self,
         resource_id: u32,
         bx: VirglBox,
         stride: u32,
+        offset: u64,
         out: &mut [u8],
     ) -> Result<(), RendererError> {
         let mut bx = bx;
@@ -749,7 +750,7 @@ impl Renderer {
                 stride,
                 0,
                 &mut bx,
-                0,
+                offset,
                 &mut iov,
                 1,
             )

@@ -174,6 +174,15 @@ pub trait GpuBackend: Send {
     fn info(&self, resource_id: u32) -> Result<ResourceInfo, BackendError>;
     /// A resource's pixels, for scanouts and the cursor.
     fn view(&mut self, resource_id: u32) -> Result<ResourceView<'_>, BackendError>;
+    /// Like [`Self::view`] for a RESOURCE_FLUSH of `rect`: only the pixels
+    /// inside `rect` need be current (a 3D backend reads back just those).
+    fn view_rect(
+        &mut self,
+        resource_id: u32,
+        _rect: Rect,
+    ) -> Result<ResourceView<'_>, BackendError> {
+        self.view(resource_id)
+    }
     /// What the backend holds now.
     fn usage(&self) -> BackendUsage;
     /// The 3D operations, when this backend has them.

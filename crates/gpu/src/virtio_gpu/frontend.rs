@@ -695,7 +695,7 @@ impl Frontend {
             GpuCommand::ResourceFlush { rect, resource_id } => {
                 self.backend.info(resource_id)?;
                 if self.scanouts.shows(resource_id) {
-                    let view = self.backend.view(resource_id)?;
+                    let view = self.backend.view_rect(resource_id, rect)?;
                     self.scanouts.flush(resource_id, rect, &view, &self.metrics);
                 }
                 Ok(Response::OkNoData)

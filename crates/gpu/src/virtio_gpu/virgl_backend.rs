@@ -58,6 +58,13 @@ enum Kind {
 /// The largest scanout, as Linux's virtio_gpu caps its framebuffers.
 const MAX_VIEWABLE: u32 = 8192;
 
+/// `rect` clipped to a `width` x `height` picture; None when nothing is left.
+fn clip_to(rect: Rect, width: u32, height: u32) -> Option<Rect> {
+    let x1 = rect.x.saturating_add(rect.width).min(width);
+    let y1 = rect.y.saturating_add(rect.height).min(height);
+    (rect.x < x1 && rect.y < y1).then(|| Rect::new(rect.x, rect.y, x1 - rect.x, y1 - rect.y))
+}
+
 /// Makes room for `len` bytes in `buf`, or says the host is out of memory
 /// (a failed allocation would abort the VMM).
 fn reserve(buf: &mut Vec<u8>, len: usize) -> Result<(), BackendError> {
@@ -222,8 +229,9 @@ impl VirglBackend {
         }
     }
 
-    /// The pixels of a blob shown on a scanout, into `scratch`.
-    fn blob_pixels(&mut self, resource_id: u32) -> Result<ResourceInfo, BackendError> {
+    /// The rows of `rect` (clipped) of a blob shown on a scanout, into
+    /// `scratch` (laid out as the whole picture).
+    fn blob_pixels(&mut self, resource_id: u32, rect: Rect) -> Result<ResourceInfo, BackendError> {
         let res = self
             .resources
             .get(&resource_id)
@@ -240,13 +248,17 @@ impl VirglBackend {
             return Err(e);
         }
         scratch.resize((row * u64::from(h)) as usize, 0);
+        let rows = match clip_to(rect, w, h) {
+            Some(r) => u64::from(r.y)..u64::from(r.y) + u64::from(r.height),
+            None => 0..0,
+        };
         match res.kind {
             Kind::Blob {
                 blob_mem: BLOB_MEM_GUEST,
                 ..
             } => {
                 let entries = res.backing.clone();
-                for y in 0..u64::from(h) {
+                for y in rows {
                     let at = (y * row) as usize;
                     self.read_guest_linear(
                         &entries,
@@ -275,7 +287,7 @@ impl VirglBackend {
                         m.addr
                     }
                 };
-                for y in 0..u64::from(h) {
+                for y in rows {
                     let src = offset + y * stride;
                     let at = (y * row) as usize;
                     if src + row <= size {
@@ -432,11 +444,19 @@ impl GpuBackend for VirglBackend {
     }
 
     fn view(&mut self, resource_id: u32) -> Result<ResourceView<'_>, BackendError> {
+        self.view_rect(resource_id, Rect::new(0, 0, u32::MAX, u32::MAX))
+    }
+
+    fn view_rect(
+        &mut self,
+        resource_id: u32,
+        rect: Rect,
+    ) -> Result<ResourceView<'_>, BackendError> {
         let Some(res) = self.resources.get(&resource_id) else {
             return self.twod.view(resource_id);
         };
         if res.layout.is_some() {
-            let info = self.blob_pixels(resource_id)?;
+            let info = self.blob_pixels(resource_id, rect)?;
             return Ok(ResourceView {
                 info,
                 stride: info.width * 4,
@@ -447,20 +467,31 @@ impl GpuBackend for VirglBackend {
         let bytes = info.width as usize * info.height as usize * 4;
         reserve(&mut self.scratch, bytes)?;
         self.scratch.resize(bytes, 0);
+        // Only the flushed rectangle is read back (a cursor blink in a
+        // terminal costs its few pixels, not the whole frame).
+        let Some(r) = clip_to(rect, info.width, info.height) else {
+            return Ok(ResourceView {
+                info,
+                stride: info.width * 4,
+                data: &self.scratch,
+            });
+        };
         let bx = VirglBox {
-            x: 0,
-            y: 0,
+            x: r.x,
+            y: r.y,
             z: 0,
-            w: info.width,
-            h: info.height,
+            w: r.width,
+            h: r.height,
             d: 1,
         };
+        let stride = info.width * 4;
+        let offset = u64::from(r.y) * u64::from(stride) + u64::from(r.x) * 4;
         self.renderer
-            .read_into(resource_id, bx, info.width * 4, &mut self.scratch)
+            .read_into(resource_id, bx, stride, offset, &mut self.scratch)
             .map_err(BackendError::Renderer)?;
         Ok(ResourceView {
             info,
-            stride: info.width * 4,
+            stride,
             data: &self.scratch,
         })
     }

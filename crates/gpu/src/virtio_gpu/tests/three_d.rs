@@ -636,6 +636,47 @@ fn three_d_scanouts_keep_their_format_and_size_limits() {
     let rgb = |v: &[u8]| -> Vec<u8> { v.chunks(4).flat_map(|p| p[..3].to_vec()).collect() };
     assert_eq!(rgb(&pixels), rgb(&image), "red stays red");
 
+    // The guest draws a new picture but flushes only a rectangle: that is
+    // all the device reads back (outside it the frame still holds the
+    // previous picture), and the display's copy of it is the new one.
+    let image2 = pattern((w * h * 4) as usize, 99);
+    let backing2 = scattered_backing(&mem, &image2);
+    assert_eq!(
+        d.status(&mut fe, &encode::resource_detach_backing(30)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(
+        d.status(&mut fe, &encode::resource_attach_backing(30, &backing2)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(d.status(&mut fe, &t), RESP_OK_NODATA);
+    let damage = Rect::new(4, 2, 8, 5);
+    assert_eq!(
+        d.status(&mut fe, &encode::resource_flush(30, damage)),
+        RESP_OK_NODATA
+    );
+    let (got_damage, pixels) = sink
+        .take()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Update { pixels, damage, .. } => Some((damage, pixels)),
+            _ => None,
+        })
+        .expect("the flush reached the sink");
+    assert_eq!(got_damage, damage);
+    for y in 0..h {
+        for x in 0..w {
+            let i = ((y * w + x) * 4) as usize;
+            let inside = x >= 4 && x < 12 && y >= 2 && y < 7;
+            let want = if inside { &image2 } else { &image };
+            assert_eq!(
+                pixels[i..i + 3],
+                want[i..i + 3],
+                "pixel ({x}, {y}), inside the flush: {inside}"
+            );
+        }
+    }
+
     // Too big for a scanout (Linux caps framebuffers at 8192): refused, and
     // nothing is read back for it.
     assert_eq!(
