@@ -667,7 +667,7 @@ fn three_d_scanouts_keep_their_format_and_size_limits() {
     for y in 0..h {
         for x in 0..w {
             let i = ((y * w + x) * 4) as usize;
-            let inside = x >= 4 && x < 12 && y >= 2 && y < 7;
+            let inside = (4..12).contains(&x) && (2..7).contains(&y);
             let want = if inside { &image2 } else { &image };
             assert_eq!(
                 pixels[i..i + 3],
