@@ -1,0 +1,114 @@
+//! Writes the seed corpora (`corpus/<target>/seed-*`) from the device's own
+//! request encoders: every 2D command for `gpu_decode`, and for
+//! `gpu_frontend` queues that carry them as a driver lays them out (a
+//! request descriptor chained to a response buffer), one command each and
+//! one whole 2D session (create, back, show, transfer, flush, cursor).
+//! `cargo run --example seeds` (from `fuzz/`).
+
+use std::fs;
+use std::path::Path;
+
+use pv_display::Rect;
+use pv_gpu::virtio_gpu::protocol::{encode, FORMAT_B8G8R8X8_UNORM, FORMAT_R8G8B8A8_UNORM};
+
+/// Matches `gpu_frontend`'s layout.
+const QSIZE: usize = 16;
+const DATA: u64 = 0x1_0000;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+
+fn commands() -> Vec<(&'static str, Vec<u8>)> {
+    let r = Rect::new(0, 0, 64, 32);
+    vec![
+        ("display-info", encode::get_display_info()),
+        ("edid", encode::get_edid(0)),
+        (
+            "create",
+            encode::resource_create_2d(1, FORMAT_B8G8R8X8_UNORM, 64, 32),
+        ),
+        (
+            "create-rgba",
+            encode::resource_create_2d(2, FORMAT_R8G8B8A8_UNORM, 64, 64),
+        ),
+        (
+            "backing",
+            encode::resource_attach_backing(1, &[(DATA + 0x8000, 0x2000)]),
+        ),
+        ("scanout", encode::set_scanout(0, 1, r)),
+        ("transfer", encode::transfer_to_host_2d(1, r, 0)),
+        ("flush", encode::resource_flush(1, r)),
+        ("cursor", encode::update_cursor(0, 10, 10, 2, 1, 1)),
+        ("move", encode::move_cursor(0, 20, 20)),
+        ("detach", encode::resource_detach_backing(1)),
+        ("unref", encode::resource_unref(1)),
+    ]
+}
+
+/// A queue with `reqs` chained one after the other: request i at its own
+/// place in the data area, each with a 256-byte response buffer.
+fn queue(reqs: &[Vec<u8>]) -> Vec<u8> {
+    let mut table = vec![0u8; QSIZE * 16];
+    let mut data = vec![0u8; 0x8000];
+    let mut heads = Vec::new();
+    let mut at = 0usize;
+    for (i, req) in reqs.iter().enumerate().take(QSIZE / 2) {
+        let (d0, d1) = (2 * i, 2 * i + 1);
+        data[at..at + req.len()].copy_from_slice(req);
+        let put = |t: &mut [u8], d: usize, addr: u64, len: u32, flags: u16, next: u16| {
+            t[d * 16..d * 16 + 8].copy_from_slice(&addr.to_le_bytes());
+            t[d * 16 + 8..d * 16 + 12].copy_from_slice(&len.to_le_bytes());
+            t[d * 16 + 12..d * 16 + 14].copy_from_slice(&flags.to_le_bytes());
+            t[d * 16 + 14..d * 16 + 16].copy_from_slice(&next.to_le_bytes());
+        };
+        put(
+            &mut table,
+            d0,
+            DATA + at as u64,
+            req.len() as u32,
+            F_NEXT,
+            d1 as u16,
+        );
+        put(
+            &mut table,
+            d1,
+            DATA + 0x7000 + i as u64 * 256,
+            256,
+            F_WRITE,
+            0,
+        );
+        heads.push(d0 as u8);
+        at += req.len().div_ceil(64) * 64;
+    }
+    let mut out = table;
+    out.push(heads.len() as u8);
+    out.extend(heads);
+    out.extend(data);
+    out
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let decode = root.join("gpu_decode");
+    let frontend = root.join("gpu_frontend");
+    fs::create_dir_all(&decode).unwrap();
+    fs::create_dir_all(&frontend).unwrap();
+    for (name, req) in commands() {
+        fs::write(decode.join(format!("seed-{name}")), &req).unwrap();
+        fs::write(frontend.join(format!("seed-{name}")), queue(&[req])).unwrap();
+    }
+    let session: Vec<Vec<u8>> = [
+        "create",
+        "backing",
+        "scanout",
+        "transfer",
+        "flush",
+        "create-rgba",
+        "cursor",
+        "move",
+    ]
+    .iter()
+    .map(|n| commands().into_iter().find(|(c, _)| c == n).unwrap().1)
+    .collect();
+    fs::write(frontend.join("seed-session"), queue(&session)).unwrap();
+    println!("seeds written under {}", root.display());
+}
