@@ -2,7 +2,9 @@
 //! request encoders: every 2D command for `gpu_decode`, and for
 //! `gpu_frontend` queues that carry them as a driver lays them out (a
 //! request descriptor chained to a response buffer), one command each and
-//! one whole 2D session (create, back, show, transfer, flush, cursor).
+//! one whole 2D session (create, back, show, transfer, flush, cursor); and
+//! for `blk_queue` one request of each virtio-blk type as a driver chains
+//! it (header, data, status byte).
 //! `cargo run --example seeds` (from `fuzz/`).
 
 use std::fs;
@@ -54,12 +56,6 @@ fn queue(reqs: &[Vec<u8>]) -> Vec<u8> {
     for (i, req) in reqs.iter().enumerate().take(QSIZE / 2) {
         let (d0, d1) = (2 * i, 2 * i + 1);
         data[at..at + req.len()].copy_from_slice(req);
-        let put = |t: &mut [u8], d: usize, addr: u64, len: u32, flags: u16, next: u16| {
-            t[d * 16..d * 16 + 8].copy_from_slice(&addr.to_le_bytes());
-            t[d * 16 + 8..d * 16 + 12].copy_from_slice(&len.to_le_bytes());
-            t[d * 16 + 12..d * 16 + 14].copy_from_slice(&flags.to_le_bytes());
-            t[d * 16 + 14..d * 16 + 16].copy_from_slice(&next.to_le_bytes());
-        };
         put(
             &mut table,
             d0,
@@ -83,6 +79,47 @@ fn queue(reqs: &[Vec<u8>]) -> Vec<u8> {
     out.push(heads.len() as u8);
     out.extend(heads);
     out.extend(data);
+    out
+}
+
+/// A descriptor table entry.
+fn put(t: &mut [u8], d: usize, addr: u64, len: u32, flags: u16, next: u16) {
+    t[d * 16..d * 16 + 8].copy_from_slice(&addr.to_le_bytes());
+    t[d * 16 + 8..d * 16 + 12].copy_from_slice(&len.to_le_bytes());
+    t[d * 16 + 12..d * 16 + 14].copy_from_slice(&flags.to_le_bytes());
+    t[d * 16 + 14..d * 16 + 16].copy_from_slice(&next.to_le_bytes());
+}
+
+/// A virtio-blk request of `type_` at `sector`: its 16-byte header, `data`
+/// bytes of payload (read by the device for writes, discards and
+/// write-zeroes; written by it for reads and GET_ID), then the status byte.
+fn blk(type_: u32, sector: u64, data: u32) -> Vec<u8> {
+    let mut table = vec![0u8; QSIZE * 16];
+    let mut area = vec![0u8; 0x2000];
+    area[0..4].copy_from_slice(&type_.to_le_bytes());
+    area[8..16].copy_from_slice(&sector.to_le_bytes());
+    let device_reads = matches!(type_, 1 | 11 | 13);
+    if matches!(type_, 11 | 13) {
+        // One discard/write-zeroes segment: sector, sectors, flags.
+        area[0x1000..0x1008].copy_from_slice(&sector.to_le_bytes());
+        area[0x1008..0x100c].copy_from_slice(&8u32.to_le_bytes());
+    }
+    put(&mut table, 0, DATA, 16, F_NEXT, 1);
+    let mut next = 1;
+    if data > 0 {
+        let flags = if device_reads {
+            F_NEXT
+        } else {
+            F_NEXT | F_WRITE
+        };
+        put(&mut table, 1, DATA + 0x1000, data, flags, 2);
+        next = 2;
+    }
+    put(&mut table, next, DATA + 0x1ff0, 1, F_WRITE, 0);
+    let mut out = table;
+    out.push(1);
+    out.push(0);
+    out.extend(area);
     out
 }
 
@@ -110,5 +147,21 @@ fn main() {
     .map(|n| commands().into_iter().find(|(c, _)| c == n).unwrap().1)
     .collect();
     fs::write(frontend.join("seed-session"), queue(&session)).unwrap();
+    let blk_dir = root.join("blk_queue");
+    fs::create_dir_all(&blk_dir).unwrap();
+    for (name, type_, sector, data) in [
+        ("read", 0u32, 0u64, 512u32),
+        ("write", 1, 8, 1024),
+        ("flush", 4, 0, 0),
+        ("get-id", 8, 0, 20),
+        ("discard", 11, 16, 16),
+        ("write-zeroes", 13, 24, 16),
+    ] {
+        fs::write(
+            blk_dir.join(format!("seed-{name}")),
+            blk(type_, sector, data),
+        )
+        .unwrap();
+    }
     println!("seeds written under {}", root.display());
 }

@@ -7,9 +7,7 @@
 //! complete more chains than the driver made available, and only hand the
 //! display frames that hold the damage it reports.
 //!
-//! Input layout: 16 descriptors x 16 bytes (the table), one byte with the
-//! number of available entries, that many bytes of head indices, then the
-//! bytes copied to 0x10000 (requests, backing data, indirect tables).
+//! Input layout: see `common/guest_queue.rs`.
 
 #![no_main]
 
@@ -17,19 +15,11 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use pv_devices::virtio::worker::QueueHandler;
-use pv_devices::GuestMemory;
 use pv_display::{CursorImage, FrameView, Rect, ScanoutSink};
 use pv_gpu::virtio_gpu::{Backend2d, DisplayControl, Frontend, GpuMetrics, GpuParams};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
 
-const QSIZE: u16 = 16;
-const DESC: u64 = 0;
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
-const DATA: u64 = 0x1_0000;
-const DATA_LEN: usize = 0x1_0000;
-const MEM: usize = 1 << 20;
+#[path = "common/guest_queue.rs"]
+mod guest_queue;
 
 /// Reads every frame it is given (a display would).
 struct TouchingSink;
@@ -60,35 +50,9 @@ impl ScanoutSink for TouchingSink {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let table = QSIZE as usize * 16;
-    if data.len() < table + 1 {
+    let Some((mem, mut queue, count)) = guest_queue::build(data) else {
         return;
-    }
-    let (desc, rest) = data.split_at(table);
-    let count = rest[0] as usize % (QSIZE as usize + 1);
-    let rest = &rest[1..];
-    if rest.len() < count {
-        return;
-    }
-    let (heads, payload) = rest.split_at(count);
-
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM)]).expect("guest memory");
-    mem.write_slice(desc, GuestAddress(DESC)).unwrap();
-    for (i, &h) in heads.iter().enumerate() {
-        let at = GuestAddress(AVAIL + 4 + i as u64 * 2);
-        mem.write_obj(u16::from(h) % QSIZE, at).unwrap();
-    }
-    mem.write_obj(count as u16, GuestAddress(AVAIL + 2))
-        .unwrap();
-    let n = payload.len().min(DATA_LEN);
-    mem.write_slice(&payload[..n], GuestAddress(DATA)).unwrap();
-
-    let mut queue = Queue::new(QSIZE).unwrap();
-    queue.set_size(QSIZE);
-    queue.set_desc_table_address(Some(DESC as u32), Some(0));
-    queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-    queue.set_used_ring_address(Some(USED as u32), Some(0));
-    queue.set_ready(true);
+    };
 
     let params = GpuParams {
         max_hostmem: 16 << 20,
@@ -102,11 +66,11 @@ fuzz_target!(|data: &[u8]| {
         true,
     );
     fe.process_queue(0, &mut queue, &mem);
-    let used: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
+    let used = guest_queue::used(&mem);
     assert!(used as usize <= count, "{used} used of {count} available");
     // Notified again: still never more than was made available.
     fe.process_queue(0, &mut queue, &mem);
-    let again: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
+    let again = guest_queue::used(&mem);
     assert!(again as usize <= count, "{again} used of {count} available");
     fe.shutdown();
 });
