@@ -4,14 +4,19 @@
 //! request descriptor chained to a response buffer), one command each and
 //! one whole 2D session (create, back, show, transfer, flush, cursor); and
 //! for `blk_queue` one request of each virtio-blk type as a driver chains
-//! it (header, data, status byte).
+//! it (header, data, status byte); and for `gpu_frontend_3d` a Venus
+//! context's life: created, fenced submits on two rings, destroyed with
+//! fences pending, its id reused.
 //! `cargo run --example seeds` (from `fuzz/`).
 
 use std::fs;
 use std::path::Path;
 
 use pv_display::Rect;
-use pv_gpu::virtio_gpu::protocol::{encode, FORMAT_B8G8R8X8_UNORM, FORMAT_R8G8B8A8_UNORM};
+use pv_gpu::virtio_gpu::protocol::{
+    encode, CtrlHdr, CMD_CTX_CREATE, CMD_CTX_DESTROY, CMD_SUBMIT_3D, FLAG_FENCE,
+    FLAG_INFO_RING_IDX, FORMAT_B8G8R8X8_UNORM, FORMAT_R8G8B8A8_UNORM,
+};
 
 /// Matches `gpu_frontend`'s layout.
 const QSIZE: usize = 16;
@@ -82,6 +87,41 @@ fn queue(reqs: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
+/// A 3D request header: context `ctx`, a fence on `ring` when given.
+fn hdr3d(type_: u32, ctx: u32, fence: Option<(u64, u8)>) -> Vec<u8> {
+    let (flags, fence_id, ring_idx) = match fence {
+        Some((id, ring)) => (FLAG_FENCE | FLAG_INFO_RING_IDX, id, ring),
+        None => (0, 0, 0),
+    };
+    let mut out = Vec::new();
+    CtrlHdr {
+        type_,
+        flags,
+        fence_id,
+        ctx_id: ctx,
+        ring_idx,
+    }
+    .encode(&mut out);
+    out
+}
+
+fn ctx_create(ctx: u32) -> Vec<u8> {
+    let mut r = hdr3d(CMD_CTX_CREATE, ctx, None);
+    r.extend_from_slice(&4u32.to_le_bytes());
+    r.extend_from_slice(&4u32.to_le_bytes()); // context_init: Venus
+    r.extend_from_slice(b"fuzz");
+    r.resize(24 + 8 + 64, 0);
+    r
+}
+
+fn submit(ctx: u32, fence: u64, ring: u8) -> Vec<u8> {
+    let mut r = hdr3d(CMD_SUBMIT_3D, ctx, Some((fence, ring)));
+    r.extend_from_slice(&8u32.to_le_bytes());
+    r.extend_from_slice(&0u32.to_le_bytes());
+    r.extend_from_slice(&[0x5a; 8]);
+    r
+}
+
 /// A descriptor table entry.
 fn put(t: &mut [u8], d: usize, addr: u64, len: u32, flags: u16, next: u16) {
     t[d * 16..d * 16 + 8].copy_from_slice(&addr.to_le_bytes());
@@ -147,6 +187,25 @@ fn main() {
     .map(|n| commands().into_iter().find(|(c, _)| c == n).unwrap().1)
     .collect();
     fs::write(frontend.join("seed-session"), queue(&session)).unwrap();
+    let three_d = root.join("gpu_frontend_3d");
+    fs::create_dir_all(&three_d).unwrap();
+    let life = [
+        ctx_create(1),
+        submit(1, 5, 0),
+        submit(1, 6, 3),
+        submit(1, 7, 0),
+        hdr3d(CMD_CTX_DESTROY, 1, None),
+        ctx_create(1),
+        submit(1, 1, 0),
+    ];
+    fs::write(three_d.join("seed-context-life"), queue(&life)).unwrap();
+    let two = [
+        ctx_create(1),
+        ctx_create(2),
+        submit(2, 9, 1),
+        submit(1, 3, 0),
+    ];
+    fs::write(three_d.join("seed-two-contexts"), queue(&two)).unwrap();
     let blk_dir = root.join("blk_queue");
     fs::create_dir_all(&blk_dir).unwrap();
     for (name, type_, sector, data) in [

@@ -174,6 +174,11 @@ impl Frontend {
         }
     }
 
+    /// Fenced chains still waiting for their renderer fence.
+    pub fn pending_fences(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Gives the backend back (the device keeps a 3D renderer across resets).
     pub fn into_backend(self) -> Box<dyn GpuBackend> {
         self.backend

@@ -26,6 +26,7 @@ pub mod backend;
 pub mod device;
 pub mod edid;
 pub mod frontend;
+pub mod manual3d;
 pub mod metrics;
 pub mod params;
 pub mod protocol;
