@@ -83,6 +83,55 @@ fn map_blob(id: u32, offset: u64) -> Vec<u8> {
     r
 }
 
+/// RESOURCE_CREATE_3D of a `w` x `h` 2D texture on virgl context 2
+/// (sampler view and render target).
+fn texture(id: u32, format: u32, w: u32, h: u32) -> Vec<u8> {
+    req(
+        CMD_RESOURCE_CREATE_3D,
+        0,
+        0,
+        2,
+        0,
+        &[id, 2, format, (1 << 1) | (1 << 3), w, h, 1, 1, 0, 0, 0, 0],
+    )
+}
+
+/// TRANSFER_TO_HOST_3D of the whole `w` x `h` texture `id` on context 2.
+fn upload(id: u32, w: u32, h: u32) -> Vec<u8> {
+    let mut t = req(CMD_TRANSFER_TO_HOST_3D, 0, 0, 2, 0, &[0, 0, 0, w, h, 1]);
+    t.extend_from_slice(&0u64.to_le_bytes());
+    for f in [id, 0, w * 4, 0] {
+        t.extend_from_slice(&f.to_le_bytes());
+    }
+    t
+}
+
+/// A texture on context 2 holding `image` (guest backing, uploaded) and
+/// shown whole on scanout 0.
+fn texture_on_scanout(
+    d: &mut Driver,
+    fe: &mut Frontend,
+    mem: &GuestMemory,
+    (id, format, w, h): (u32, u32, u32, u32),
+    image: &[u8],
+) {
+    assert_eq!(d.status(fe, &texture(id, format, w, h)), RESP_OK_NODATA);
+    assert_eq!(
+        d.status(fe, &req(CMD_CTX_ATTACH_RESOURCE, 0, 0, 2, 0, &[id, 0])),
+        RESP_OK_NODATA
+    );
+    let backing = scattered_backing(mem, image);
+    assert_eq!(
+        d.status(fe, &encode::resource_attach_backing(id, &backing)),
+        RESP_OK_NODATA
+    );
+    assert_eq!(d.status(fe, &upload(id, w, h)), RESP_OK_NODATA);
+    assert_eq!(
+        d.status(fe, &encode::set_scanout(0, id, Rect::new(0, 0, w, h))),
+        RESP_OK_NODATA
+    );
+}
+
 fn wait_fences(fe: &Frontend) {
     let fd = fe.event_fd().expect("a 3D frontend waits on fences");
     // SAFETY: the fd belongs to the frontend's renderer, alive here.
@@ -270,49 +319,15 @@ fn three_d_device_against_virglrenderer() {
 
     // A GL texture with guest backing shown on scanout 0.
     let (w, h) = (64u32, 32u32);
-    let r3d = req(
-        CMD_RESOURCE_CREATE_3D,
-        0,
-        0,
-        2,
-        0,
-        &[
-            20,
-            2,
-            FORMAT_B8G8R8X8_UNORM,
-            (1 << 1) | (1 << 3),
-            w,
-            h,
-            1,
-            1,
-            0,
-            0,
-            0,
-            0,
-        ],
-    );
-    assert_eq!(d.status(&mut fe, &r3d), RESP_OK_NODATA);
-    assert_eq!(
-        d.status(&mut fe, &req(CMD_CTX_ATTACH_RESOURCE, 0, 0, 2, 0, &[20, 0])),
-        RESP_OK_NODATA
-    );
     let image = pattern((w * h * 4) as usize, 9);
-    let backing = scattered_backing(&mem, &image);
-    assert_eq!(
-        d.status(&mut fe, &encode::resource_attach_backing(20, &backing)),
-        RESP_OK_NODATA
+    texture_on_scanout(
+        &mut d,
+        &mut fe,
+        &mem,
+        (20, FORMAT_B8G8R8X8_UNORM, w, h),
+        &image,
     );
-    let mut t = req(CMD_TRANSFER_TO_HOST_3D, 0, 0, 2, 0, &[0, 0, 0, w, h, 1]);
-    t.extend_from_slice(&0u64.to_le_bytes());
-    for f in [20u32, 0, w * 4, 0] {
-        t.extend_from_slice(&f.to_le_bytes());
-    }
-    assert_eq!(d.status(&mut fe, &t), RESP_OK_NODATA);
     let full = Rect::new(0, 0, w, h);
-    assert_eq!(
-        d.status(&mut fe, &encode::set_scanout(0, 20, full)),
-        RESP_OK_NODATA
-    );
     sink.take();
     assert_eq!(
         d.status(&mut fe, &encode::resource_flush(20, full)),
@@ -585,43 +600,11 @@ fn three_d_scanouts_keep_their_format_and_size_limits() {
     } = gpu_3d(640, 480, 64 << 20);
     let mut d = Driver::new(&mem);
     assert_eq!(d.status(&mut fe, &ctx_create(2, 0)), RESP_OK_NODATA);
-    let texture = |id: u32, format: u32, w: u32, h: u32| {
-        req(
-            CMD_RESOURCE_CREATE_3D,
-            0,
-            0,
-            2,
-            0,
-            &[id, 2, format, (1 << 1) | (1 << 3), w, h, 1, 1, 0, 0, 0, 0],
-        )
-    };
     const R8G8B8X8: u32 = 134;
     let (w, h) = (32u32, 16u32);
-    assert_eq!(
-        d.status(&mut fe, &texture(30, R8G8B8X8, w, h)),
-        RESP_OK_NODATA
-    );
-    assert_eq!(
-        d.status(&mut fe, &req(CMD_CTX_ATTACH_RESOURCE, 0, 0, 2, 0, &[30, 0])),
-        RESP_OK_NODATA
-    );
     let image = pattern((w * h * 4) as usize, 21);
-    let backing = scattered_backing(&mem, &image);
-    assert_eq!(
-        d.status(&mut fe, &encode::resource_attach_backing(30, &backing)),
-        RESP_OK_NODATA
-    );
-    let mut t = req(CMD_TRANSFER_TO_HOST_3D, 0, 0, 2, 0, &[0, 0, 0, w, h, 1]);
-    t.extend_from_slice(&0u64.to_le_bytes());
-    for f in [30u32, 0, w * 4, 0] {
-        t.extend_from_slice(&f.to_le_bytes());
-    }
-    assert_eq!(d.status(&mut fe, &t), RESP_OK_NODATA);
+    texture_on_scanout(&mut d, &mut fe, &mem, (30, R8G8B8X8, w, h), &image);
     let full = Rect::new(0, 0, w, h);
-    assert_eq!(
-        d.status(&mut fe, &encode::set_scanout(0, 30, full)),
-        RESP_OK_NODATA
-    );
     sink.take();
     assert_eq!(
         d.status(&mut fe, &encode::resource_flush(30, full)),
@@ -649,7 +632,7 @@ fn three_d_scanouts_keep_their_format_and_size_limits() {
         d.status(&mut fe, &encode::resource_attach_backing(30, &backing2)),
         RESP_OK_NODATA
     );
-    assert_eq!(d.status(&mut fe, &t), RESP_OK_NODATA);
+    assert_eq!(d.status(&mut fe, &upload(30, w, h)), RESP_OK_NODATA);
     let damage = Rect::new(4, 2, 8, 5);
     assert_eq!(
         d.status(&mut fe, &encode::resource_flush(30, damage)),
