@@ -202,6 +202,26 @@ pub fn draw(gpu: &Gpu, width: u32, height: u32) -> Result<Picture> {
             .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
     };
     let stage = vk::PipelineStageFlags::TRANSFER;
+    // Image layout transitions between `from` and `to` stages.
+    let images = |d: &ash::Device,
+                  cmd: vk::CommandBuffer,
+                  from: vk::PipelineStageFlags,
+                  to: vk::PipelineStageFlags,
+                  barriers: &[vk::ImageMemoryBarrier<'_>]| {
+        // SAFETY: a command buffer in the recording state; the images are
+        // live until the submission has been waited for.
+        unsafe {
+            d.cmd_pipeline_barrier(
+                cmd,
+                from,
+                to,
+                vk::DependencyFlags::empty(),
+                &[],
+                &[],
+                barriers,
+            )
+        };
+    };
     gpu.run(|d, cmd| {
         // SAFETY: a command buffer in the recording state; every object is
         // live until the submission has been waited for.
@@ -222,15 +242,7 @@ pub fn draw(gpu: &Gpu, width: u32, height: u32) -> Result<Picture> {
                     vk::AccessFlags::TRANSFER_WRITE,
                 ),
             ];
-            d.cmd_pipeline_barrier(
-                cmd,
-                vk::PipelineStageFlags::TOP_OF_PIPE,
-                stage,
-                vk::DependencyFlags::empty(),
-                &[],
-                &[],
-                &to_dst,
-            );
+            images(d, cmd, vk::PipelineStageFlags::TOP_OF_PIPE, stage, &to_dst);
             let upload = vk::BufferImageCopy::default()
                 .image_subresource(layers)
                 .image_extent(vk::Extent3D {
@@ -252,15 +264,7 @@ pub fn draw(gpu: &Gpu, width: u32, height: u32) -> Result<Picture> {
                 vk::AccessFlags::TRANSFER_WRITE,
                 vk::AccessFlags::TRANSFER_READ,
             )];
-            d.cmd_pipeline_barrier(
-                cmd,
-                stage,
-                stage,
-                vk::DependencyFlags::empty(),
-                &[],
-                &[],
-                &tiles_src,
-            );
+            images(d, cmd, stage, stage, &tiles_src);
             let blit = vk::ImageBlit::default()
                 .src_subresource(layers)
                 .src_offsets([
@@ -296,15 +300,7 @@ pub fn draw(gpu: &Gpu, width: u32, height: u32) -> Result<Picture> {
                 vk::AccessFlags::TRANSFER_WRITE,
                 vk::AccessFlags::TRANSFER_READ,
             )];
-            d.cmd_pipeline_barrier(
-                cmd,
-                stage,
-                stage,
-                vk::DependencyFlags::empty(),
-                &[],
-                &[],
-                &screen_src,
-            );
+            images(d, cmd, stage, stage, &screen_src);
             let back = vk::BufferImageCopy::default()
                 .image_subresource(layers)
                 .image_extent(vk::Extent3D {
@@ -328,13 +324,11 @@ pub fn draw(gpu: &Gpu, width: u32, height: u32) -> Result<Picture> {
                 vk::AccessFlags::TRANSFER_WRITE,
                 vk::AccessFlags::MEMORY_READ,
             )];
-            d.cmd_pipeline_barrier(
+            images(
+                d,
                 cmd,
                 stage,
                 vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-                vk::DependencyFlags::empty(),
-                &[],
-                &[],
                 &shown,
             );
         }
