@@ -1344,24 +1344,22 @@ timeout 500 $PV run --kernel $L2_KERNEL --initrd $L2_INITRD \
     --cmdline "$CMDLINE pv.test=gpu-accel" --memory 1G --gpu context-types=venus:virgl \
     --api-socket pv.sock </dev/null > guest.log 2>&1 &
 PVPID=$!
-n=0
-while ! grep -q PV-SCANOUT= guest.log && kill -0 $PVPID 2>/dev/null && [ $n -lt 3000 ]; do
-    sleep 0.1; n=$((n + 1))
-done
+# Waits (up to 300 s, while pearvisor runs) for a line the guest prints.
+wait_for() {
+    n=0
+    while ! grep -q "$1" guest.log && kill -0 $PVPID 2>/dev/null && [ $n -lt 3000 ]; do
+        sleep 0.1; n=$((n + 1))
+    done
+}
+wait_for PV-SCANOUT=
 sleep 1
 $PV ctl --socket pv.sock screenshot -o scanout.png; echo "HOST-SHOT-RC=$?"
 echo "HOST-SHOT-BEGIN"; base64 scanout.png; echo "HOST-SHOT-END"
-n=0
-while ! grep -q PV-VKSCANOUT= guest.log && kill -0 $PVPID 2>/dev/null && [ $n -lt 3000 ]; do
-    sleep 0.1; n=$((n + 1))
-done
+wait_for PV-VKSCANOUT=
 sleep 1
 $PV ctl --socket pv.sock screenshot -o vkscanout.png; echo "HOST-VKSHOT-RC=$?"
 echo "HOST-VKSHOT-BEGIN"; base64 vkscanout.png; echo "HOST-VKSHOT-END"
-n=0
-while ! grep -q PV-KMSCUBE-START guest.log && kill -0 $PVPID 2>/dev/null && [ $n -lt 3000 ]; do
-    sleep 0.1; n=$((n + 1))
-done
+wait_for PV-KMSCUBE-START
 $PV ctl --socket pv.sock counters > counters.json; echo "HOST-COUNTERS-RC=$?"
 sleep 3
 $PV ctl --socket pv.sock screenshot -o cube.png; echo "HOST-CUBESHOT-RC=$?"
@@ -1424,15 +1422,7 @@ echo "HOST-GUEST-LOG-BEGIN"; cat guest.log; echo "HOST-GUEST-LOG-END"
 
     // The scanout: GL into a GBM buffer, on the CRTC through KMS; the
     // host's screenshot must show the picture the guest checked.
-    assert_eq!(value(&log, "", "PV-SCANOUT-DRAW"), Some("PASS"), "{log}");
-    assert_eq!(value(&log, "", "PV-SCANOUT"), Some("SHOWN"), "{log}");
-    assert_eq!(value(&log, "", "HOST-SHOT-RC"), Some("0"), "{log}");
-    let (w, h, shot) = png_between(&log, "HOST-SHOT-BEGIN", "HOST-SHOT-END");
-    assert_eq!(
-        value(&log, "", "PV-SCANOUT-MODE"),
-        Some(format!("{w}x{h}").as_str()),
-        "the screenshot has the mode the guest set"
-    );
+    let (w, h, shot) = scanout_screenshot(&log, "PV-SCANOUT", "HOST-SHOT");
     let wrong = |flip: bool| {
         let mut n = 0;
         let mut first = None;
@@ -1464,15 +1454,7 @@ echo "HOST-GUEST-LOG-BEGIN"; cat guest.log; echo "HOST-GUEST-LOG-END"
 
     // Vulkan's picture through a dma-buf on the CRTC: a blob resource shown
     // with SET_SCANOUT_BLOB, read by the host from the blob's mapping.
-    assert_eq!(value(&log, "", "PV-VKSCANOUT-DRAW"), Some("PASS"), "{log}");
-    assert_eq!(value(&log, "", "PV-VKSCANOUT"), Some("SHOWN"), "{log}");
-    assert_eq!(value(&log, "", "HOST-VKSHOT-RC"), Some("0"), "{log}");
-    let (w, h, shot) = png_between(&log, "HOST-VKSHOT-BEGIN", "HOST-VKSHOT-END");
-    assert_eq!(
-        value(&log, "", "PV-VKSCANOUT-MODE"),
-        Some(format!("{w}x{h}").as_str()),
-        "the screenshot has the mode the guest set"
-    );
+    let (w, h, shot) = scanout_screenshot(&log, "PV-VKSCANOUT", "HOST-VKSHOT");
     let mut bad = 0;
     let mut first = None;
     for y in 0..h {
@@ -1537,6 +1519,26 @@ echo "HOST-GUEST-LOG-BEGIN"; cat guest.log; echo "HOST-GUEST-LOG-END"
         .unwrap_or(0);
     assert!(device_fences > 0, "device timeline fences: {counters}");
     assert_eq!(value(&log, "", "PV-RC"), Some("0"), "{log}");
+}
+
+/// A picture the guest checked (`{guest}-DRAW=PASS`) and put on the display
+/// (`{guest}=SHOWN`, in mode `{guest}-MODE`), as the host's screenshot
+/// between `{host}-BEGIN` and `{host}-END` has it: width, height, RGB.
+fn scanout_screenshot(log: &str, guest: &str, host: &str) -> (u32, u32, Vec<u8>) {
+    assert_eq!(
+        value(log, "", &format!("{guest}-DRAW")),
+        Some("PASS"),
+        "{log}"
+    );
+    assert_eq!(value(log, "", guest), Some("SHOWN"), "{log}");
+    assert_eq!(value(log, "", &format!("{host}-RC")), Some("0"), "{log}");
+    let (w, h, shot) = png_between(log, &format!("{host}-BEGIN"), &format!("{host}-END"));
+    assert_eq!(
+        value(log, "", &format!("{guest}-MODE")),
+        Some(format!("{w}x{h}").as_str()),
+        "the screenshot has the mode the guest set"
+    );
+    (w, h, shot)
 }
 
 /// The log without the base64 of the screenshots (for failure messages).
