@@ -123,6 +123,8 @@ impl ApiServer {
             let thread = std::thread::Builder::new()
                 .name("api".into())
                 .spawn(move || {
+                    // tokio's blocking pool starts from here and inherits it.
+                    pv_seccomp::apply_or_abort(pv_seccomp::ThreadKind::Api);
                     runtime.block_on(serve(listener, state, stop_rx));
                     // Handlers still on the blocking pool get a moment to finish.
                     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -99,6 +99,11 @@ pub struct RunArgs {
     /// after pressing the power button before it stops the VM: 10s, 500ms, 2m.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Syscall filters on the VMM's threads (vCPUs, device workers, API,
+    /// display): on (a syscall outside a thread's list kills the VMM with
+    /// SIGSYS), log (allowed, and logged in the kernel's audit log) or off.
+    #[arg(long, value_name = "on|log|off", default_value = "on")]
+    pub seccomp: pv_seccomp::SeccompMode,
     /// Boot even when the host check says a stock kernel cannot run here
     /// (kvm_pvm without hardware virtualization). For experiments only.
     #[arg(long, hide = true)]

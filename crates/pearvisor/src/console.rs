@@ -53,6 +53,7 @@ pub fn attach_stdin(input: ConsoleInput) -> TerminalGuard {
     let _ = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
+            pv_seccomp::apply_or_abort(pv_seccomp::ThreadKind::Stdin);
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 256];
             let mut escape = false;

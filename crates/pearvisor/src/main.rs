@@ -398,6 +398,8 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     check_window_display(&config)?;
+    // Before any thread that runs filtered starts.
+    pv_seccomp::set_mode(args.seccomp);
     gpu_host::prepare(&config)?;
     let host = HostKvm::detect();
     if host != HostKvm::Hardware && !args.skip_host_check {

@@ -827,6 +827,7 @@ impl ExitProfile {
 impl VcpuContext {
     /// Runs `vcpu` until it stops or `stop` is set.
     pub fn run(self, mut vcpu: Box<dyn Vcpu>) {
+        pv_seccomp::apply_or_abort(pv_seccomp::ThreadKind::Vcpu);
         let m = self.metrics.clone();
         let mut profile = ExitProfile::new();
         while !self.control.stopping() {

@@ -8,10 +8,10 @@
 //! thread across activations (virglrenderer binds to the thread that
 //! initialized it) runs the same loop there with [`serve`].
 
+use pv_seccomp::{Spawned, ThreadKind};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -36,6 +36,11 @@ pub trait QueueHandler: Send + 'static {
     /// of the queues whose driver must be interrupted.
     fn process_event(&mut self, _queues: &mut [Queue], _mem: &GuestMemory) -> u64 {
         0
+    }
+
+    /// The syscall filter the worker thread runs under.
+    fn thread_kind(&self) -> ThreadKind {
+        ThreadKind::VirtioWorker
     }
 }
 
@@ -116,7 +121,7 @@ where
 /// A running device thread.
 pub struct Worker<H: QueueHandler> {
     stop: EventFd,
-    thread: Option<JoinHandle<(H, Vec<EventFd>)>>,
+    thread: Option<Spawned<(H, Vec<EventFd>)>>,
 }
 
 const STOP_TOKEN: u64 = u64::MAX;
@@ -217,12 +222,14 @@ impl<H: QueueHandler> Worker<H> {
     pub fn spawn(name: &str, mut handler: H, ctx: ActivateContext) -> io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stop_thread = stop.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || {
-                let kicks = serve(&mut handler, ctx, &stop_thread);
-                (handler, kicks)
-            })?;
+        // Started by the spawner: a worker is usually activated from a
+        // vCPU thread, whose syscall filter it must not inherit.
+        let kind = handler.thread_kind();
+        let thread = pv_seccomp::spawn(name, move || {
+            pv_seccomp::apply_or_abort(kind);
+            let kicks = serve(&mut handler, ctx, &stop_thread);
+            (handler, kicks)
+        })?;
         Ok(Self {
             stop,
             thread: Some(thread),

@@ -112,6 +112,7 @@ impl WebViewer {
         let thread = std::thread::Builder::new()
             .name("display-web".into())
             .spawn(move || {
+                pv_seccomp::apply_or_abort(pv_seccomp::ThreadKind::DisplayWeb);
                 runtime.block_on(serve(listener, ctx));
                 runtime.shutdown_timeout(Duration::from_secs(2));
             })

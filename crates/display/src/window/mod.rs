@@ -137,6 +137,8 @@ impl WindowViewer {
                         return;
                     }
                 };
+                // Connected to the display server: filtered from here on.
+                pv_seccomp::apply_or_abort(pv_seccomp::ThreadKind::DisplayWindow);
                 let proxy = event_loop.create_proxy();
                 let waker = proxy.clone();
                 let sub = display.subscribe(Box::new(move || {

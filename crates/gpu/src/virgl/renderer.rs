@@ -202,7 +202,17 @@ unsafe extern "C" fn get_server_fd(cookie: *mut c_void, version: u32) -> c_int {
     let Some(launcher) = &state.server else {
         return -1;
     };
-    match start_server(launcher) {
+    // Started from an unfiltered thread: the renderer's syscall filter
+    // allows no new processes.
+    let started = pv_seccomp::spawn("render-server-start", {
+        let launcher = launcher.clone();
+        move || start_server(&launcher)
+    })
+    .and_then(|t| {
+        t.join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("its starter thread panicked")))
+    });
+    match started {
         Ok((fd, child)) => {
             state
                 .servers

@@ -145,6 +145,10 @@ impl RendererThread {
                 };
                 let mut renderer = match renderer {
                     Ok(r) => {
+                        // The library and the render server are up: from
+                        // here on the thread (and those the driver starts)
+                        // runs filtered.
+                        pv_seccomp::apply_or_abort(pv_seccomp::ThreadKind::GpuRenderer);
                         let _ = ready_tx.send(Ok(RendererReady {
                             library: r.library().clone(),
                             capsets: r.capsets().to_vec(),

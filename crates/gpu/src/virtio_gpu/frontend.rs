@@ -855,6 +855,11 @@ impl QueueHandler for Frontend {
         self.fence_fd
     }
 
+    /// The 2D worker's filter (the 3D thread installs its own).
+    fn thread_kind(&self) -> pv_seccomp::ThreadKind {
+        pv_seccomp::ThreadKind::Gpu2d
+    }
+
     fn process_event(&mut self, queues: &mut [Queue], mem: &GuestMemory) -> u64 {
         self.note_signalled();
         let mut all: Vec<(usize, &mut Queue)> = queues.iter_mut().enumerate().collect();

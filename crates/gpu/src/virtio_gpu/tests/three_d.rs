@@ -170,6 +170,11 @@ fn gpu_3d(width: u32, height: u32, max_hostmem: u64) -> Gpu3d {
         },
     )
     .expect("renderer");
+    // In the VMM the device's thread runs under the renderer's syscall
+    // filter from here on; so does this test's thread (a syscall outside
+    // the list kills the test process with SIGSYS).
+    pv_seccomp::set_mode(pv_seccomp::SeccompMode::Kill);
+    pv_seccomp::apply(pv_seccomp::ThreadKind::GpuRenderer).expect("the renderer's filter");
     let mem = Arc::new(mem());
     let window = Arc::new(FakeWindow::default());
     let params = GpuParams {
