@@ -265,33 +265,50 @@ impl InputHandler {
     pub fn deliver(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
         let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         let mut used = false;
-        while !s.pending.is_empty() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let buf = chain
-                .into_iter()
-                .find(|d| d.is_write_only() && d.len() >= 8)
-                .map(|d| d.addr());
-            let len = match (buf, s.pending.front()) {
-                (Some(addr), Some(ev)) if mem.write_slice(ev, addr).is_ok() => {
-                    s.pending.pop_front();
-                    self.metrics
-                        .events_delivered
-                        .fetch_add(1, Ordering::Relaxed);
-                    8
+        loop {
+            while !s.pending.is_empty() {
+                let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                let buf = chain
+                    .into_iter()
+                    .find(|d| d.is_write_only() && d.len() >= 8)
+                    .map(|d| d.addr());
+                let len = match (buf, s.pending.front()) {
+                    (Some(addr), Some(ev)) if mem.write_slice(ev, addr).is_ok() => {
+                        s.pending.pop_front();
+                        self.metrics
+                            .events_delivered
+                            .fetch_add(1, Ordering::Relaxed);
+                        8
+                    }
+                    _ => {
+                        log::warn!("virtio-input: unusable event buffer");
+                        0
+                    }
+                };
+                if let Err(e) = queue.add_used(mem, head, len) {
+                    log::warn!("virtio-input: cannot add used entry: {e}");
+                    return used;
                 }
-                _ => {
-                    log::warn!("virtio-input: unusable event buffer");
-                    0
-                }
-            };
-            if let Err(e) = queue.add_used(mem, head, len) {
-                log::warn!("virtio-input: cannot add used entry: {e}");
+                used = true;
+            }
+            if s.pending.is_empty() {
                 break;
             }
-            used = true;
+            // Out of buffers with events waiting: the driver must notify
+            // when it adds more (with EVENT_IDX, only a published
+            // avail_event makes it kick again). Buffers that arrived
+            // meanwhile are used at once.
+            match queue.enable_notification(mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    log::warn!("virtio-input: cannot enable notifications: {e}");
+                    break;
+                }
+            }
         }
         used && queue.needs_notification(mem).unwrap_or(true)
     }
@@ -601,6 +618,48 @@ mod tests {
         }
         assert_eq!(tab.shared.lock().unwrap().pending.len(), PENDING_MAX);
         assert!(tab.metrics.events_dropped.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn out_of_buffers_with_events_waiting_the_device_asks_for_a_kick() {
+        // A driver with EVENT_IDX kicks only when its new buffers pass the
+        // used ring's avail_event. A device that fills every buffer and
+        // still holds events must publish where it stopped, or the driver
+        // refills silently and the events wait forever (typed keys lost
+        // after the first 64 events).
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let kbd = InputDevice::new(InputKind::Keyboard);
+        let h = kbd.handle();
+        for code in [30, 31, 32] {
+            h.send(InputEvent::Key {
+                code,
+                pressed: true,
+            });
+        }
+        let mock = MockSplitQueue::new(&mem, 16);
+        for i in 0..4u16 {
+            let d = RawDescriptor::from(Descriptor::new(
+                0x1000 + u64::from(i) * 0x100,
+                8,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            ));
+            mock.add_desc_chains(std::slice::from_ref(&d), i).unwrap();
+        }
+        let mut q: Queue = mock.create_queue().unwrap();
+        q.set_event_idx(true);
+        let mut handler = InputHandler {
+            shared: kbd.shared.clone(),
+            metrics: kbd.metrics.clone(),
+        };
+        handler.deliver(&mut q, &mem);
+        assert_eq!(kbd.metrics.events_delivered.load(Ordering::Relaxed), 4);
+        assert_eq!(kbd.shared.lock().unwrap().pending.len(), 2);
+        // avail_event sits after the used ring's flags, idx and 16 entries.
+        let avail_event: u16 = mem
+            .read_obj(GuestAddress(mock.used_addr().0 + 4 + 8 * 16))
+            .unwrap();
+        assert_eq!(avail_event, 4, "the device waits for the fifth buffer");
     }
 
     /// Pixel a guest computes back from an absolute value, the way Linux
