@@ -111,6 +111,8 @@ fn wait_canvas_equals_screenshot(b: &Browser, display: &Display, w: u32, h: u32,
 
 #[test]
 fn the_page_draws_the_screen_and_sends_input() {
+    // The viewer's thread runs under its syscall filter, as in the VMM.
+    pv_seccomp::set_mode(pv_seccomp::SeccompMode::Kill);
     let (w, h) = (320, 200);
     let display = Arc::new(Display::new(1));
     display.set_mode(0, Some((w, h)));

@@ -17,10 +17,11 @@
 
 mod rules;
 mod spawner;
+mod trap;
 
 use std::sync::OnceLock;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
+use seccompiler::{BpfProgram, SeccompAction};
 use serde::{Deserialize, Serialize};
 
 pub use rules::allowed_syscalls;
@@ -142,6 +143,9 @@ pub fn set_mode(mode: SeccompMode) {
     if mode != SeccompMode::Off {
         spawner::start();
     }
+    if mode == SeccompMode::Kill {
+        trap::install_handler();
+    }
 }
 
 /// The process's mode; `Off` until [`set_mode`] is called.
@@ -158,44 +162,24 @@ pub const SELFTEST_ENV: &str = "PEARVISOR_SECCOMP_SELFTEST";
 pub fn apply(kind: ThreadKind) -> Result<(), SeccompError> {
     let mismatch = match mode() {
         SeccompMode::Off => return Ok(()),
-        SeccompMode::Kill => SeccompAction::KillProcess,
+        // SIGSYS, whose handler names the thread and the syscall, then
+        // ends the process with SIGSYS.
+        SeccompMode::Kill => SeccompAction::Trap,
         SeccompMode::Log => SeccompAction::Log,
     };
-    // clone3 passes its flags in memory, where a filter cannot see them:
-    // it fails with ENOSYS, and the C library falls back to clone, whose
-    // flags the allow lists check (threads only, no new processes).
-    let clone3 = rules::clone3_refusal().map_err(|source| SeccompError::Build {
+    let build = |source| SeccompError::Build {
         kind: kind.name(),
         source,
-    })?;
-    let list = SeccompFilter::new(
-        rules::rules(kind).map_err(|source| SeccompError::Build {
-            kind: kind.name(),
-            source,
-        })?,
-        mismatch,
-        SeccompAction::Allow,
-        std::env::consts::ARCH
-            .try_into()
-            .map_err(|source| SeccompError::Build {
-                kind: kind.name(),
-                source,
-            })?,
-    )
-    .map_err(|source| SeccompError::Build {
-        kind: kind.name(),
-        source,
-    })?;
-    for filter in [clone3, list] {
-        let program: BpfProgram = filter.try_into().map_err(|source| SeccompError::Build {
-            kind: kind.name(),
-            source,
-        })?;
+    };
+    let filters = rules::filters(kind, mismatch).map_err(build)?;
+    for filter in filters {
+        let program: BpfProgram = filter.try_into().map_err(build)?;
         seccompiler::apply_filter(&program).map_err(|source| SeccompError::Install {
             kind: kind.name(),
             source,
         })?;
     }
+    trap::set_thread_kind(kind);
     log::debug!(
         "seccomp: {} filter installed ({})",
         kind.name(),
@@ -235,6 +219,7 @@ fn selftest_violation(kind: ThreadKind) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use seccompiler::SeccompFilter;
 
     #[test]
     fn mode_names_round_trip() {
@@ -317,6 +302,9 @@ mod tests {
         let (status, out) = run_child("tty-ioctl");
         assert!(killed_by_sigsys(status), "{status:?}: {out}");
         assert!(!out.contains("child: survived"), "{out}");
+        // The handler names the thread kind and the syscall.
+        let says = format!("(vcpu filter) made syscall {}, which", libc::SYS_ioctl);
+        assert!(out.contains(&says), "{out}");
     }
 
     #[test]
@@ -364,6 +352,9 @@ mod tests {
                 assert_eq!((r, errno), (-1, Some(libc::ENOSYS)));
                 // Threads start through clone's fallback.
                 std::thread::spawn(|| ()).join().unwrap();
+                // Opening a file fails instead of stopping the process.
+                let e = std::fs::File::open("/proc/self/status").unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
                 println!("child: allowed calls work");
             }
             "tty-ioctl" => {

@@ -262,14 +262,14 @@ pub(crate) fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
     }
     // Threads only, never a new process.
     r.insert(libc::SYS_clone, vec![thread_clone()?]);
-    // Naming threads (the Rust runtime does it for every new thread).
+    // Naming threads (the Rust runtime does it for every new thread) and
+    // reading the name (the SIGSYS handler's message).
     r.insert(
         libc::SYS_prctl,
-        vec![arg_is(
-            0,
-            SeccompCmpArgLen::Dword,
-            libc::PR_SET_NAME as u64,
-        )?],
+        vec![
+            arg_is(0, SeccompCmpArgLen::Dword, libc::PR_SET_NAME as u64)?,
+            arg_is(0, SeccompCmpArgLen::Dword, libc::PR_GET_NAME as u64)?,
+        ],
     );
     // Signals to this process's own threads only (vCPU kicks, abort).
     r.insert(
@@ -313,13 +313,51 @@ pub(crate) fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
     Ok(r)
 }
 
-/// A filter that makes clone3 fail with ENOSYS and allows everything else
-/// (the allow list decides).
-pub(crate) fn clone3_refusal() -> Result<SeccompFilter, BackendError> {
-    SeccompFilter::new(
-        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+/// The filters `kind` installs, in order: the refusals (syscalls that
+/// fail with an error instead of stopping the process), then the allow
+/// list, whose misses get `mismatch`. Where filters disagree the kernel
+/// takes the strictest answer, so a refused syscall is also in the allow
+/// list.
+pub(crate) fn filters(
+    kind: ThreadKind,
+    mismatch: SeccompAction,
+) -> Result<Vec<SeccompFilter>, BackendError> {
+    let arch = || std::env::consts::ARCH.try_into();
+    let refuse = |syscalls: &[i64], errno: i32| {
+        SeccompFilter::new(
+            syscalls.iter().map(|&nr| (nr, Vec::new())).collect(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(errno as u32),
+            arch()?,
+        )
+    };
+    let mut filters = vec![
+        // clone3 passes its flags in memory, where a filter cannot see
+        // them: it fails with ENOSYS, and the C library falls back to
+        // clone, whose flags the allow lists check (threads only).
+        refuse(&[libc::SYS_clone3], libc::ENOSYS)?,
+    ];
+    if !opens_files(kind) {
+        // Threads that have no business opening files get EACCES rather
+        // than a stop: the C library's allocator reads
+        // /proc/sys/vm/overcommit_memory the first time a thread's heap
+        // shrinks, and copes when it cannot.
+        filters.push(refuse(&[libc::SYS_openat, libc::SYS_open], libc::EACCES)?);
+    }
+    let mut allowed = rules(kind)?;
+    for nr in [libc::SYS_openat, libc::SYS_open] {
+        allowed.entry(nr).or_default();
+    }
+    filters.push(SeccompFilter::new(
+        allowed,
+        mismatch,
         SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        std::env::consts::ARCH.try_into()?,
-    )
+        arch()?,
+    )?);
+    Ok(filters)
+}
+
+/// Whether `kind` opens files (a GPU driver's device files and caches).
+fn opens_files(kind: ThreadKind) -> bool {
+    matches!(kind, ThreadKind::GpuRenderer | ThreadKind::DisplayWindow)
 }
