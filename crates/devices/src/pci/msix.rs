@@ -6,7 +6,9 @@
 //! hypervisor injects the interrupt without another exit. Masked vectors
 //! collect a pending bit and fire when unmasked.
 
+use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -20,6 +22,58 @@ pub trait MsiRouter: Send + Sync {
     fn allocate(&self) -> io::Result<(u32, EventFd)>;
     /// Sets (or removes) the MSI message line `gsi` delivers.
     fn set_route(&self, gsi: u32, msg: Option<MsiMessage>) -> io::Result<()>;
+}
+
+/// An [`MsiRouter`] without a hypervisor, for tests and fuzzing: each line
+/// is a fresh non-blocking eventfd that nothing injects (read it to see
+/// whether the vector fired) and a GSI counted up from
+/// [`LocalMsiRouter::FIRST_GSI`]; routes are only remembered, the latest
+/// message per GSI.
+#[derive(Debug, Default)]
+pub struct LocalMsiRouter {
+    allocated: AtomicU32,
+    routes: Mutex<BTreeMap<u32, MsiMessage>>,
+}
+
+impl LocalMsiRouter {
+    /// The first GSI handed out (the ones below are the legacy IRQs).
+    pub const FIRST_GSI: u32 = 24;
+
+    /// A router that has handed out nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many lines were handed out.
+    pub fn allocated(&self) -> u32 {
+        self.allocated.load(Ordering::Relaxed)
+    }
+
+    /// The message line `gsi` delivers now, if one was set.
+    pub fn route(&self, gsi: u32) -> Option<MsiMessage> {
+        self.lock().get(&gsi).copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, MsiMessage>> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl MsiRouter for LocalMsiRouter {
+    fn allocate(&self) -> io::Result<(u32, EventFd)> {
+        let fd = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)?;
+        let n = self.allocated.fetch_add(1, Ordering::Relaxed);
+        Ok((Self::FIRST_GSI.saturating_add(n), fd))
+    }
+
+    fn set_route(&self, gsi: u32, msg: Option<MsiMessage>) -> io::Result<()> {
+        let mut routes = self.lock();
+        match msg {
+            Some(m) => routes.insert(gsi, m),
+            None => routes.remove(&gsi),
+        };
+        Ok(())
+    }
 }
 
 /// PCI capability id of MSI-X.
@@ -208,7 +262,6 @@ impl Msix {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     /// A router that hands out eventfds and records routes.
     #[derive(Default)]
@@ -267,5 +320,30 @@ pub(crate) mod tests {
         assert_eq!(u32::from_le_bytes(e), 0x41);
         msix.table_read(4096, &mut e);
         assert_eq!(e, [0xff; 4]);
+    }
+
+    #[test]
+    fn local_router_hands_out_lines_and_keeps_the_latest_route() {
+        let router = Arc::new(LocalMsiRouter::new());
+        let msix = Msix::new(3, router.clone()).unwrap();
+        assert_eq!(router.allocated(), 3);
+        assert_eq!(router.route(LocalMsiRouter::FIRST_GSI + 2), None);
+        msix.set_control(MSIX_ENABLE);
+        msix.table_write(32, &0xfee0_0000u32.to_le_bytes());
+        msix.table_write(40, &0x22u32.to_le_bytes());
+        msix.table_write(40, &0x23u32.to_le_bytes());
+        assert_eq!(
+            router.route(LocalMsiRouter::FIRST_GSI + 2),
+            Some((0xfee0_0000, 0x23))
+        );
+        // Unmasked, the vector's eventfd fires; it does not block when read empty.
+        msix.table_write(44, &0u32.to_le_bytes());
+        msix.trigger(2);
+        assert_eq!(msix.lines[2].1.read().unwrap(), 1);
+        assert!(msix.lines[2].1.read().is_err());
+        router
+            .set_route(LocalMsiRouter::FIRST_GSI + 2, None)
+            .unwrap();
+        assert_eq!(router.route(LocalMsiRouter::FIRST_GSI + 2), None);
     }
 }
