@@ -306,6 +306,8 @@ fn composited(display: &Display, scanout: u32) -> impl Fn(u32, u32) -> [u8; 3] {
 #[test]
 fn window_shows_the_guest_screen() {
     under_xvfb("window_shows_the_guest_screen", || {
+        // The window's thread runs under its syscall filter, as in the VMM.
+        pv_seccomp::set_mode(pv_seccomp::SeccompMode::Kill);
         let display = Arc::new(Display::new(2));
         show_pattern(&display, 0, 320, 200);
         let last_closed = Arc::new(AtomicBool::new(false));
@@ -475,6 +477,8 @@ fn pointer(x: u32, y: u32) -> InputEvent {
 #[test]
 fn window_sends_keyboard_and_mouse() {
     under_xvfb("window_sends_keyboard_and_mouse", || {
+        // The window's thread runs under its syscall filter, as in the VMM.
+        pv_seccomp::set_mode(pv_seccomp::SeccompMode::Kill);
         let display = Arc::new(Display::new(2));
         show_pattern(&display, 0, 320, 200);
         let input = Arc::new(Recorder::default());
