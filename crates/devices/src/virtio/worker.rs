@@ -88,6 +88,12 @@ where
         let stuck = chains.is_empty();
         for chain in chains {
             let head = chain.head_index();
+            // A head past the queue has no descriptors and no used entry to
+            // give back; the chains after it in the batch still count.
+            if head >= queue.size() {
+                log::warn!("virtio queue: available ring names head {head}, past the queue");
+                continue;
+            }
             let Some(len) = handle(chain) else {
                 continue;
             };
@@ -382,6 +388,37 @@ mod tests {
         });
         assert!(!notify);
         assert_eq!(handled, 3);
+    }
+
+    /// Regression (hostile guest, avail-head-out-of-range): a head index
+    /// past the queue made add_used fail and the rest of the batch, already
+    /// taken from the ring, was never answered.
+    #[test]
+    fn a_head_past_the_queue_does_not_lose_the_chains_after_it() {
+        let (mut driver, mut q) = Driver::new();
+        let mem = driver.mem.clone();
+        driver.add();
+        driver.add();
+        driver.add();
+        // The second available entry names head 300 of a 16-entry queue.
+        mem.write_obj(300u16, GuestAddress(driver.avail + 4 + 2))
+            .unwrap();
+        let mut heads = Vec::new();
+        drain_queue(&mut q, &mem, |chain| {
+            heads.push(chain.head_index());
+            8
+        });
+        assert_eq!(
+            heads,
+            vec![0, 2],
+            "the bad head is skipped, the rest served"
+        );
+        assert_eq!((q.next_avail(), q.next_used()), (3, 2));
+        let used = |i: u64| {
+            let at = GuestAddress(0x3000 + 4 + 8 * i);
+            mem.read_obj::<u32>(at).unwrap()
+        };
+        assert_eq!((used(0), used(1)), (0, 2));
     }
 
     #[derive(Default)]
