@@ -19,8 +19,12 @@
 //! ```
 //!
 //! The nested machine needs the `nested` feature (on by default); without
-//! it only [`webdriver`] is built.
+//! it only [`webdriver`] and [`baremetal`] are built.
+//!
+//! [`baremetal`] builds the bare-metal test guest (freestanding C that drives
+//! the devices directly; its `hostile` mode is the hostile-guest suite).
 
+pub mod baremetal;
 pub mod webdriver;
 
 #[cfg(feature = "nested")]
