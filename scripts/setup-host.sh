@@ -5,13 +5,14 @@
 # chromedriver (pv-display's web viewer test drives a headless browser), the
 # X11 libraries the native window loads at run time with Xvfb, xwd (x11-apps)
 # and xdotool (pv-display's window test: a virtual X server, screenshots of
-# the window, synthesized keys and mouse), and QEMU 10
+# the window, synthesized keys and mouse), gcc and binutils (the bare-metal
+# test guest of the hostile-guest test, built at test time), and QEMU 10
 # (bookworm-backports) for the nested-KVM test machine. Idempotent; quiet when
 # everything is present.
 set -euo pipefail
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 need=()
-for p in xz-utils zstd kmod busybox-static cpio ca-certificates libvulkan1 mesa-vulkan-drivers chromium chromium-driver \
+for p in xz-utils zstd kmod busybox-static cpio ca-certificates gcc binutils libvulkan1 mesa-vulkan-drivers chromium chromium-driver \
          libx11-6 libx11-xcb1 libxcursor1 libxi6 libxrandr2 libxkbcommon-x11-0 xvfb x11-apps xdotool; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
