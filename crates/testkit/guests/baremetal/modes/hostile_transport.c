@@ -401,7 +401,9 @@ static void requeue_while_running(void)
     CHECK(blk_check_sector(d, 0, 11, why, sizeof(why)) == 0, "%s", why);
 }
 
-/* 50 resets and initializations in a row. */
+/* Resets and initializations in a row: 50 of the RNG, 20 of the GPU
+ * (each activation starts a device thread, each reset ends it; the host
+ * test watches the VMM's thread count). */
 static void reset_storm(void)
 {
     struct vdev *d = &hv_rng;
@@ -409,6 +411,11 @@ static void reset_storm(void)
         int r = reinit(d);
         CHECK(r == 0, "init %d failed (step %d)", i, r);
         CHECK(rng_read(d, rbuf, 16) == 16, "read after init %d", i);
+    }
+    for (int i = 0; i < 20; i++) {
+        int r = reinit(&hv_gpu);
+        CHECK(r == 0, "gpu init %d failed (step %d)", i, r);
+        CHECK_EQ(gpu_display_info(&hv_gpu, NULL, NULL), GPU_RESP_OK_DISPLAY_INFO, "gpu answer");
     }
 }
 
@@ -469,7 +476,7 @@ static const struct hcase cases[] = {
     {"cc-reset-with-looping-chains", reset_with_loops, D_BLK},
     {"cc-queue-not-enabled", queue_not_enabled, D_GPU},
     {"cc-requeue-while-running", requeue_while_running, D_BLK},
-    {"cc-reset-storm", reset_storm, D_RNG},
+    {"cc-reset-storm", reset_storm, D_RNG | D_GPU},
     {"cc-status-rewrites", status_rewrites, D_RNG},
     {"cc-isr-status", isr_status, D_BLK},
 };
