@@ -6,6 +6,7 @@
 //! about KVM: the VMM hands them guest memory, interrupt triggers and eventfds.
 
 pub mod bus;
+pub mod log_limit;
 pub mod pci;
 pub mod platform;
 pub mod serial;

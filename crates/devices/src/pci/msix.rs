@@ -170,7 +170,7 @@ impl Msix {
         }
         drop(s);
         if let Err(e) = self.lines[v].1.write(1) {
-            log::warn!("msix: cannot signal vector {v}: {e}");
+            crate::guest_warn!("msix: cannot signal vector {v}: {e}");
         }
     }
 
@@ -239,7 +239,7 @@ impl Msix {
                 .router
                 .set_route(self.lines[v].0, Some(after.message()))
             {
-                log::warn!("msix: cannot route vector {v}: {e}");
+                crate::guest_warn!("msix: cannot route vector {v}: {e}");
             }
         }
         if before.masked() && !after.masked() {

@@ -284,12 +284,12 @@ impl InputHandler {
                         8
                     }
                     _ => {
-                        log::warn!("virtio-input: unusable event buffer");
+                        crate::guest_warn!("virtio-input: unusable event buffer");
                         0
                     }
                 };
                 if let Err(e) = queue.add_used(mem, head, len) {
-                    log::warn!("virtio-input: cannot add used entry: {e}");
+                    crate::guest_warn!("virtio-input: cannot add used entry: {e}");
                     return used;
                 }
                 used = true;
@@ -305,7 +305,7 @@ impl InputHandler {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
-                    log::warn!("virtio-input: cannot enable notifications: {e}");
+                    crate::guest_warn!("virtio-input: cannot enable notifications: {e}");
                     break;
                 }
             }

@@ -445,7 +445,7 @@ impl VirtioPciDevice {
         for (i, q) in self.queues.iter_mut().enumerate() {
             q.set_event_idx(event_idx);
             if q.ready() && !q.is_valid(self.mem.as_ref()) {
-                log::warn!("{}: queue {i} is not valid; device needs reset", self.name);
+                crate::guest_warn!("{}: queue {i} is not valid; device needs reset", self.name);
                 self.status |= STATUS_NEEDS_RESET;
                 return;
             }
@@ -684,7 +684,7 @@ impl PciDevice for VirtioPciDevice {
             && new_bar != !(BAR_SIZE - 1) & 0xffff_fff0
             && new_bar != self.bar
         {
-            log::warn!(
+            crate::guest_warn!(
                 "{}: guest moved BAR0 from {:#x} to {new_bar:#x}; relocation is not supported",
                 self.name,
                 self.bar
@@ -714,7 +714,7 @@ impl VirtioPciDevice {
             }
         };
         if half(now) != half(addr) && half(now) != half(mask) {
-            log::warn!(
+            crate::guest_warn!(
                 "{}: guest moved BAR{SHM_BAR_INDEX} (shared memory) from {addr:#x} to {now:#x}; \
                  relocation is not supported",
                 self.name

@@ -183,7 +183,7 @@ impl RngHandler {
                     }
                 };
                 if let Err(e) = source.read_exact_volatile(&mut slice) {
-                    log::warn!("virtio-rng: cannot read {RANDOM_SOURCE}: {e}");
+                    crate::guest_warn!("virtio-rng: cannot read {RANDOM_SOURCE}: {e}");
                     break 'chain;
                 }
                 // A slice is at most `len` bytes, so this stays within the cap.

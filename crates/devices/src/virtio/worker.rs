@@ -73,13 +73,13 @@ where
     let mut used_any = false;
     loop {
         if let Err(e) = queue.disable_notification(mem) {
-            log::warn!("virtio queue: cannot disable notifications: {e}");
+            crate::guest_warn!("virtio queue: cannot disable notifications: {e}");
             return false;
         }
         let chains: Vec<_> = match queue.iter(mem) {
             Ok(iter) => iter.collect(),
             Err(e) => {
-                log::warn!("virtio queue: broken available ring: {e}");
+                crate::guest_warn!("virtio queue: broken available ring: {e}");
                 return false;
             }
         };
@@ -91,14 +91,16 @@ where
             // A head past the queue has no descriptors and no used entry to
             // give back; the chains after it in the batch still count.
             if head >= queue.size() {
-                log::warn!("virtio queue: available ring names head {head}, past the queue");
+                crate::guest_warn!(
+                    "virtio queue: available ring names head {head}, past the queue"
+                );
                 continue;
             }
             let Some(len) = handle(chain) else {
                 continue;
             };
             if let Err(e) = queue.add_used(mem, head, len) {
-                log::warn!("virtio queue: cannot add used entry: {e}");
+                crate::guest_warn!("virtio queue: cannot add used entry: {e}");
                 return used_any;
             }
             used_any = true;
@@ -111,12 +113,14 @@ where
                 continue;
             }
             Ok(true) => {
-                log::warn!("virtio queue: the available ring names buffers that don't exist");
+                crate::guest_warn!(
+                    "virtio queue: the available ring names buffers that don't exist"
+                );
                 break;
             }
             Ok(false) => break,
             Err(e) => {
-                log::warn!("virtio queue: cannot enable notifications: {e}");
+                crate::guest_warn!("virtio queue: cannot enable notifications: {e}");
                 break;
             }
         }

@@ -350,7 +350,7 @@ impl Frontend {
                         p.armed
                     );
                     if let Err(e) = q.add_used(mem, p.head, p.len) {
-                        log::warn!("virtio-gpu: cannot complete fenced chain: {e}");
+                        pv_devices::guest_warn!("virtio-gpu: cannot complete fenced chain: {e}");
                         continue;
                     }
                     if q.needs_notification(mem).unwrap_or(true) {

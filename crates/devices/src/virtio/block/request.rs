@@ -313,7 +313,7 @@ impl Disk {
                 Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
                 Err(e) => {
                     if e.is_host_error() {
-                        log::warn!("virtio-blk: request failed: {}", error_chain(&e));
+                        crate::guest_warn!("virtio-blk: request failed: {}", error_chain(&e));
                     } else {
                         log::debug!("virtio-blk: request failed: {}", error_chain(&e));
                     }
