@@ -13,7 +13,8 @@
 //! MSI-X masking, ECAM and 0xCF8 accesses; and for `api_http` a request
 //! for every endpoint (`pv_api::Endpoint::ALL`) with the bodies the
 //! OpenAPI document gives (docs/api/openapi.yaml), and a few ways HTTP/1.1
-//! carries them (pipelined, chunked, 100-continue, HTTP/1.0).
+//! carries them (pipelined, chunked, 100-continue, HTTP/1.0, a body over
+//! the limit).
 //! `cargo run --example seeds` (from `fuzz/`).
 
 use std::fs;
@@ -475,6 +476,12 @@ fn api_seeds() -> Vec<(String, Vec<u8>)> {
         "expect-continue".into(),
         b"PUT /api/v1/vm.pause HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}"
             .to_vec(),
+    ));
+    // One byte over the 64 KiB body limit: 413.
+    let big = format!("{{{}}}", " ".repeat(64 * 1024 - 1));
+    out.push((
+        "too-large".into(),
+        request("PUT", "/api/v1/vm.resize", Some(&big)),
     ));
     out.push((
         "http10".into(),
