@@ -1,7 +1,8 @@
 //! Lifecycle under stress (issue 6), with the bare-metal test guest
 //! (`mode=ticker`: `TICK n` on the serial console every few milliseconds)
 //! on the host's /dev/kvm (kvm_pvm is enough), driven through the REST API:
-//! 1,000 pause/resume cycles, then 100 concurrent clients. No request may
+//! 1,000 pause/resume cycles, then 100 concurrent clients (queries, the
+//! host's GPU inventory, pause and resume). No request may
 //! fail (HTTP errors other than the documented 409 for an illegal
 //! transition, transport errors, timeouts), the VM must never get stuck, and
 //! a paused guest must print nothing.
@@ -197,6 +198,9 @@ fn a_hundred_concurrent_clients_get_answers_and_the_guest_keeps_running() {
                     let (method, path) = match (i + round) % 10 {
                         0 if i % 10 == 0 => ("PUT", "/api/v1/vm.pause"),
                         1 if i % 10 == 0 => ("PUT", "/api/v1/vm.resume"),
+                        // The host's GPU inventory (Vulkan, NVML) runs
+                        // outside the API thread's syscall filter.
+                        2 if i % 25 == 0 => ("GET", "/api/v1/vmm.gpus"),
                         0..=3 => ("GET", "/api/v1/vm.info"),
                         4..=5 => ("GET", "/api/v1/vm.counters"),
                         6 => ("GET", "/api/v1/vm.metrics"),
