@@ -355,6 +355,10 @@ mod tests {
                 // Opening a file fails instead of stopping the process.
                 let e = std::fs::File::open("/proc/self/status").unwrap_err();
                 assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+                // A panic with a backtrace (which looks for the
+                // executable) is a panic, not a stop.
+                std::env::set_var("RUST_BACKTRACE", "1");
+                assert!(std::panic::catch_unwind(|| panic!("on purpose")).is_err());
                 println!("child: allowed calls work");
             }
             "tty-ioctl" => {

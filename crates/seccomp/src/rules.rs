@@ -342,10 +342,13 @@ pub(crate) fn filters(
         // than a stop: the C library's allocator reads
         // /proc/sys/vm/overcommit_memory the first time a thread's heap
         // shrinks, and copes when it cannot.
-        filters.push(refuse(&[libc::SYS_openat, libc::SYS_open], libc::EACCES)?);
+        // The same for what a panic's backtrace asks (the executable's
+        // path, the working directory): a worker that panics is reported as one, not
+        // turned into a stop of the whole VMM.
+        filters.push(refuse(REFUSED_FILE_ACCESS, libc::EACCES)?);
     }
     let mut allowed = rules(kind)?;
-    for nr in [libc::SYS_openat, libc::SYS_open] {
+    for &nr in REFUSED_FILE_ACCESS {
         allowed.entry(nr).or_default();
     }
     filters.push(SeccompFilter::new(
@@ -356,6 +359,15 @@ pub(crate) fn filters(
     )?);
     Ok(filters)
 }
+
+/// File access refused with EACCES to threads that open no files.
+const REFUSED_FILE_ACCESS: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_open,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_getcwd,
+];
 
 /// Whether `kind` opens files (a GPU driver's device files and caches).
 fn opens_files(kind: ThreadKind) -> bool {
