@@ -271,6 +271,14 @@ impl InputHandler {
                     break;
                 };
                 let head = chain.head_index();
+                // A head past the queue has nothing to fill and no used
+                // entry to give back; the buffers after it still count.
+                if head >= queue.size() {
+                    crate::guest_warn!(
+                        "virtio-input: available ring names head {head}, past the queue"
+                    );
+                    continue;
+                }
                 let buf = chain
                     .into_iter()
                     .find(|d| d.is_write_only() && d.len() >= 8)
@@ -660,6 +668,41 @@ mod tests {
             .read_obj(GuestAddress(mock.used_addr().0 + 4 + 8 * 16))
             .unwrap();
         assert_eq!(avail_event, 4, "the device waits for the fifth buffer");
+    }
+
+    #[test]
+    fn a_head_past_the_queue_does_not_stop_delivery() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let kbd = InputDevice::new(InputKind::Keyboard);
+        let h = kbd.handle();
+        h.send(InputEvent::Key {
+            code: 30,
+            pressed: true,
+        });
+        let mock = MockSplitQueue::new(&mem, 16);
+        for i in 0..3u16 {
+            let d = RawDescriptor::from(Descriptor::new(
+                0x1000 + u64::from(i) * 0x100,
+                8,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            ));
+            mock.add_desc_chains(std::slice::from_ref(&d), i).unwrap();
+        }
+        // The first available entry names head 300 of a 16-entry queue.
+        mem.write_obj(300u16, GuestAddress(mock.avail_addr().0 + 4))
+            .unwrap();
+        let mut q: Queue = mock.create_queue().unwrap();
+        let mut handler = InputHandler {
+            shared: kbd.shared.clone(),
+            metrics: kbd.metrics.clone(),
+        };
+        handler.deliver(&mut q, &mem);
+        assert_eq!(
+            kbd.metrics.events_delivered.load(Ordering::Relaxed),
+            2,
+            "the key and its SYN went into the buffers after the bad head"
+        );
     }
 
     /// Pixel a guest computes back from an absolute value, the way Linux
