@@ -12,7 +12,7 @@
  */
 #include "hostile.h"
 
-struct vdev hv_blk, hv_ro, hv_gpu, hv_rng;
+struct vdev hv_blk, hv_ro, hv_gpu, hv_rng, hv_kbd, hv_tab;
 u32 gpu_width, gpu_height;
 
 static char fail_msg[200];
@@ -86,10 +86,12 @@ int health(struct vdev *d, char *why, int len)
         }
         return 0;
     }
+    if (d == &hv_kbd || d == &hv_tab)
+        return input_health(d, why, len);
     return 0;
 }
 
-static struct vdev *const devices[] = {&hv_blk, &hv_ro, &hv_gpu, &hv_rng};
+static struct vdev *const devices[] = {&hv_blk, &hv_ro, &hv_gpu, &hv_rng, &hv_kbd, &hv_tab};
 
 /* Checks the devices in `devs` after a case. */
 static void check_devices(u32 devs)
@@ -137,6 +139,8 @@ static void hostile_main(const char *cmdline)
         {&hv_ro, "blk-ro", VIRTIO_ID_BLOCK, 1},
         {&hv_gpu, "gpu", VIRTIO_ID_GPU, 0},
         {&hv_rng, "rng", VIRTIO_ID_RNG, 0},
+        {&hv_kbd, "input-kbd", VIRTIO_ID_INPUT, 0},
+        {&hv_tab, "input-tab", VIRTIO_ID_INPUT, 1},
     };
     for (u32 i = 0; i < ARRAY_SIZE(want); i++) {
         if (virtio_find(want[i].d, want[i].name, want[i].id, want[i].nth) ||
@@ -157,13 +161,23 @@ static void hostile_main(const char *cmdline)
         printf("HOSTILE DONE cases=0 failed=1\n");
         return;
     }
+    for (u32 i = 0; i < 2; i++) {
+        struct vdev *d = i ? &hv_tab : &hv_kbd;
+        char why[120];
+        if (input_health(d, why, sizeof(why))) {
+            printf("HOSTILE setup: %s\n", why);
+            printf("HOSTILE DONE cases=0 failed=1\n");
+            return;
+        }
+    }
     printf("HOSTILE devices: blk-rw slot %d (%llu sectors), blk-ro slot %d, gpu slot %d "
-           "(%ux%u), rng slot %d\n",
+           "(%ux%u), rng slot %d, keyboard slot %d, tablet slot %d\n",
            hv_blk.slot, blk_capacity(&hv_blk), hv_ro.slot, hv_gpu.slot, gpu_width, gpu_height,
-           hv_rng.slot);
+           hv_rng.slot, hv_kbd.slot, hv_tab.slot);
 
     const struct hgroup *groups[] = {&hostile_pci,   &hostile_transport, &hostile_chain,
-                                     &hostile_blk,   &hostile_gpu,       &hostile_misc};
+                                     &hostile_blk,   &hostile_gpu,       &hostile_misc,
+                                     &hostile_input};
     char only[64];
     int have_only = cmdline_get("case", only, sizeof(only)) > 0;
     int n = 0, ran = 0, nfailed = 0;

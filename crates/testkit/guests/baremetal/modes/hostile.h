@@ -4,8 +4,9 @@
 #include "pv.h"
 
 /* The devices under test, found at start: the writable disk (the first
- * virtio-blk), the read-only disk (the second), the GPU, the RNG. */
-extern struct vdev hv_blk, hv_ro, hv_gpu, hv_rng;
+ * virtio-blk), the read-only disk (the second), the GPU, the RNG, the
+ * keyboard and the tablet (the first and second virtio-input). */
+extern struct vdev hv_blk, hv_ro, hv_gpu, hv_rng, hv_kbd, hv_tab;
 /* Scanout 0's size as the GPU first reported it. */
 extern u32 gpu_width, gpu_height;
 
@@ -15,7 +16,10 @@ extern u32 gpu_width, gpu_height;
 #define D_RO 2u
 #define D_GPU 4u
 #define D_RNG 8u
-#define D_ALL (D_BLK | D_RO | D_GPU | D_RNG)
+#define D_KBD 16u
+#define D_TAB 32u
+#define D_INPUT (D_KBD | D_TAB)
+#define D_ALL (D_BLK | D_RO | D_GPU | D_RNG | D_INPUT)
 
 struct hcase {
     const char *name;
@@ -29,7 +33,7 @@ struct hgroup {
 };
 #define HGROUP(n, arr) const struct hgroup n = {#n, arr, (int)ARRAY_SIZE(arr)}
 extern const struct hgroup hostile_pci, hostile_transport, hostile_chain, hostile_blk,
-    hostile_gpu, hostile_misc;
+    hostile_gpu, hostile_misc, hostile_input;
 
 /* The first failure of the running case (later ones are dropped). */
 void hfail(const char *fmt, ...) PRINTF(1, 2);
@@ -64,6 +68,12 @@ int reinit(struct vdev *d);
     } while (0)
 /* A well-formed request to d; 0, or -1 with the reason recorded in why. */
 int health(struct vdev *d, char *why, int len);
+/* virtio-input (hostile_input.c): the name the device must report, and its
+ * health check: re-initialized, four event buffers stay unused (no host
+ * input is sent), an LED event on the status queue is used, the name reads
+ * back through select 1 (ID_NAME). */
+const char *input_name(struct vdev *d);
+int input_health(struct vdev *d, char *why, int len);
 
 /* Addresses a device must refuse. */
 #define ABOVE_RAM 0x08000000u /* 128 MiB: no RAM with --memory 64M */
