@@ -281,17 +281,28 @@ pub(crate) fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
         )?],
     );
     match kind {
-        // vCPUs, the device workers that map GPU memory into the guest
-        // and the API (pausing reads and restores the guest clock) talk to
-        // KVM; the API also sets sockets non-blocking.
+        // vCPUs, the 2D GPU worker and the API (pausing reads and restores
+        // the guest clock) talk to KVM; the API and the viewer set sockets
+        // non-blocking.
         ThreadKind::Vcpu | ThreadKind::Gpu2d => {
             r.insert(libc::SYS_ioctl, vec![kvm_ioctls()?]);
         }
-        ThreadKind::Api | ThreadKind::DisplayWeb => {
+        ThreadKind::Api => {
             r.insert(
                 libc::SYS_ioctl,
                 vec![
                     kvm_ioctls()?,
+                    arg_is(1, SeccompCmpArgLen::Dword, libc::FIONBIO)?,
+                    arg_is(1, SeccompCmpArgLen::Dword, libc::FIOCLEX)?,
+                ],
+            );
+        }
+        // The viewer reaches the guest only through the display store and
+        // the input devices' queues: no KVM.
+        ThreadKind::DisplayWeb => {
+            r.insert(
+                libc::SYS_ioctl,
+                vec![
                     arg_is(1, SeccompCmpArgLen::Dword, libc::FIONBIO)?,
                     arg_is(1, SeccompCmpArgLen::Dword, libc::FIOCLEX)?,
                 ],
