@@ -21,22 +21,8 @@ const SECTORS: u64 = 64;
 const RECORD_MAGIC: u32 = 0x5244_5650;
 const TRIALS: u32 = 100;
 
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pv-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn guest(dir: &Path) -> PathBuf {
     pv_testkit::baremetal::build(dir).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn require_kvm() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "these tests boot a bare-metal guest on /dev/kvm (kvm_pvm is enough); this host has none"
-    );
 }
 
 /// A small xorshift generator: random kill moments, reproducible per seed.
@@ -116,8 +102,8 @@ fn last_ack(console: &str) -> Option<u64> {
 
 #[test]
 fn acknowledged_flushes_survive_sigkill_and_read_only_disks_are_untouched() {
-    require_kvm();
-    let dir = work_dir("durability");
+    pv_testkit::baremetal::require_kvm();
+    let dir = pv_testkit::baremetal::scratch_dir("durability");
     let elf = guest(&dir);
     let disk = dir.join("disk.img");
     let ro = dir.join("ro.img");

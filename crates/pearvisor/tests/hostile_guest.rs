@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -92,21 +92,10 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn work_dir() -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hostile-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create the test directory");
-    dir
-}
-
 #[test]
 fn hostile_guest_cannot_break_the_vmm() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "tier-2 tests need /dev/kvm (any KVM, kvm_pvm included)"
-    );
-    let dir = work_dir();
+    pv_testkit::baremetal::require_kvm();
+    let dir = pv_testkit::baremetal::scratch_dir("hostile");
     let elf = pv_testkit::baremetal::build(&dir.join("guest")).unwrap_or_else(|e| {
         let mut msg = e.to_string();
         let mut source = std::error::Error::source(&e);

@@ -7,7 +7,7 @@
 //! transition, transport errors, timeouts), the VM must never get stuck, and
 //! a paused guest must print nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -19,13 +19,6 @@ const PEARVISOR: &str = env!("CARGO_BIN_EXE_pearvisor");
 const CYCLES: u32 = 1000;
 const CLIENTS: u32 = 100;
 
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pv-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 struct Vm {
     child: Child,
     api: Client,
@@ -35,11 +28,8 @@ struct Vm {
 
 impl Vm {
     fn boot(name: &str) -> Vm {
-        assert!(
-            Path::new("/dev/kvm").exists(),
-            "these tests boot a bare-metal guest on /dev/kvm (kvm_pvm is enough); this host has none"
-        );
-        let dir = work_dir(name);
+        pv_testkit::baremetal::require_kvm();
+        let dir = pv_testkit::baremetal::scratch_dir(name);
         let elf = pv_testkit::baremetal::build(&dir).unwrap_or_else(|e| panic!("{e}"));
         let serial = dir.join("serial.txt");
         let socket = dir.join("api.sock");

@@ -8,18 +8,11 @@
 //! on.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PEARVISOR: &str = env!("CARGO_BIN_EXE_pearvisor");
-
-fn work_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pv-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 struct Outcome {
     /// Killed by this signal, or None when it was still running after the
@@ -33,10 +26,7 @@ struct Outcome {
 /// `--seccomp=seccomp`; stops it once the console shows `ready` (or it
 /// ended by itself).
 fn run(dir: &Path, kind: &str, seccomp: &str, mode: &str, ready: &str) -> Outcome {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "these tests boot a bare-metal guest on /dev/kvm (kvm_pvm is enough); this host has none"
-    );
+    pv_testkit::baremetal::require_kvm();
     let elf = pv_testkit::baremetal::build(dir).unwrap_or_else(|e| panic!("{e}"));
     let serial = dir.join(format!("serial-{kind}-{seccomp}.txt"));
     let disk = dir.join("disk.img");
@@ -97,7 +87,7 @@ const KINDS: [(&str, &str, &str); 3] = [
 
 #[test]
 fn a_forbidden_syscall_stops_the_vmm_with_sigsys_and_names_the_thread() {
-    let dir = work_dir("seccomp-on");
+    let dir = pv_testkit::baremetal::scratch_dir("seccomp-on");
     for (kind, mode, ready) in KINDS {
         let out = run(&dir, kind, "on", mode, ready);
         assert_eq!(
@@ -115,7 +105,7 @@ fn a_forbidden_syscall_stops_the_vmm_with_sigsys_and_names_the_thread() {
 
 #[test]
 fn log_and_off_modes_let_the_vmm_run_on() {
-    let dir = work_dir("seccomp-log");
+    let dir = pv_testkit::baremetal::scratch_dir("seccomp-log");
     for seccomp in ["log", "off"] {
         for (kind, mode, ready) in KINDS {
             let out = run(&dir, kind, seccomp, mode, ready);

@@ -169,6 +169,24 @@ pub fn build(out_dir: &Path) -> Result<PathBuf, BuildError> {
 }
 
 /// The `.c` files directly in `dir`, sorted.
+/// What the tests that boot this guest share: a fresh scratch directory
+/// per test process, `<tmp>/pv-<name>-<pid>`.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pv-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create the test's scratch directory");
+    dir
+}
+
+/// Fails the calling test with what it needs when this host has no
+/// /dev/kvm (any KVM will do, kvm_pvm included: the guest is tiny).
+pub fn require_kvm() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "this test boots the bare-metal guest on /dev/kvm (any KVM, kvm_pvm included); this host has none"
+    );
+}
+
 fn c_files(dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
     let err = |source| BuildError::Sources {
         dir: dir.to_path_buf(),
