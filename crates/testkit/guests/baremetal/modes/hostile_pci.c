@@ -281,6 +281,11 @@ static void msix_fire(void)
     CHECK_EQ(mmio_read32(d->msix_pba) & 2, 0, "PBA after an unmasked interrupt");
     mmio_write32(d->msix_table + 16 + 12, 1);
     CHECK_EQ(blk_read0(), BLK_S_OK, "read with a masked vector");
+    /* The worker raises the interrupt after it publishes the used entry
+     * the guest already saw: wait for the bit rather than race it. */
+    u64 until = now_ms() + 2000;
+    while (!(mmio_read32(d->msix_pba) & 2) && now_ms() < until)
+        cpu_relax();
     CHECK_EQ(mmio_read32(d->msix_pba) & 2, 2, "PBA bit of the masked vector");
     msix_enable(d, 1, 1);
     mmio_write32(d->msix_table + 16 + 12, 0);
