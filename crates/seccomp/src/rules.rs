@@ -321,6 +321,17 @@ pub(crate) fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
         // NVIDIA): any request is allowed there.
         ThreadKind::VirtioWorker | ThreadKind::GpuRenderer | ThreadKind::DisplayWindow => {}
     }
+    // Every thread may ask whether a descriptor is a terminal (TCGETS):
+    // the logger does when a thread first logs, to choose colours.
+    let tcgets = arg_is(1, SeccompCmpArgLen::Dword, libc::TCGETS)?;
+    match r.get_mut(&libc::SYS_ioctl) {
+        // Any ioctl already (the GPU driver's kinds).
+        Some(rules) if rules.is_empty() => {}
+        Some(rules) => rules.push(tcgets),
+        None => {
+            r.insert(libc::SYS_ioctl, vec![tcgets]);
+        }
+    }
     Ok(r)
 }
 
