@@ -6,7 +6,6 @@
 
 #![no_main]
 
-use std::fs::OpenOptions;
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
@@ -15,6 +14,8 @@ use pv_devices::virtio::worker::QueueHandler;
 
 #[path = "common/guest_queue.rs"]
 mod guest_queue;
+#[path = "common/scratch.rs"]
+mod scratch;
 
 const DISK_BYTES: u64 = 1 << 20;
 
@@ -22,16 +23,7 @@ const DISK_BYTES: u64 = 1 << 20;
 fn disk() -> Arc<Disk> {
     static DISK: OnceLock<Arc<Disk>> = OnceLock::new();
     DISK.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("pv-fuzz-blk-{}.img", std::process::id()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("scratch disk image");
-        file.set_len(DISK_BYTES).expect("size the image");
-        let _ = std::fs::remove_file(&path);
+        let file = scratch::scratch_image("blk", DISK_BYTES);
         Arc::new(Disk::new(
             file,
             DISK_BYTES,

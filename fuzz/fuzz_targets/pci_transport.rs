@@ -21,7 +21,7 @@
 
 #![no_main]
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -41,6 +41,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 #[path = "common/pci_ops.rs"]
 mod pci_ops;
+#[path = "common/scratch.rs"]
+mod scratch;
 use pci_ops::*;
 
 /// Operations run per input at most.
@@ -57,19 +59,7 @@ const NOTIFY_AREA: u64 = 0x3000;
 /// through /proc/self/fd.
 fn disk_path() -> String {
     static DISK: OnceLock<File> = OnceLock::new();
-    let file = DISK.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("pv-fuzz-pci-blk-{}.img", std::process::id()));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("scratch disk image");
-        file.set_len(1 << 20).expect("size the image");
-        let _ = std::fs::remove_file(&path);
-        file
-    });
+    let file = DISK.get_or_init(|| scratch::scratch_image("pci-blk", 1 << 20));
     format!("/proc/self/fd/{}", file.as_raw_fd())
 }
 
